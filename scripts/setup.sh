@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One-step set-up on a fresh machine: a virtual environment in .venv, torch (never replacing a
+# CUDA torch the machine already has, never downloading a CUDA build when there is none),
+# the pinned requirements, and an editable build of mmfast with its C++ extension.
+# Re-running it is cheap: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${MMFAST_VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if "$PY" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then
+    echo "[setup] reusing the machine's CUDA torch (venv with system site-packages)"
+    "$PY" -m venv --system-site-packages "$VENV"
+  else
+    "$PY" -m venv "$VENV"
+  fi
+fi
+VPY="$VENV/bin/python"
+pipi() { "$VPY" -m pip install --disable-pip-version-check -q "$@"; }
+
+if ! "$VPY" -c "import torch" 2>/dev/null; then
+  echo "[setup] installing torch==2.13.0 (CPU build)"
+  # A local wheel (find-links) when the machine has one, else the CPU-only index; never the
+  # multi-GB CUDA build from the default index.
+  pipi --no-index torch==2.13.0 2>/dev/null ||
+    pipi torch==2.13.0 --index-url "${MMFAST_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+fi
+if ! "$VPY" -c "import triton" 2>/dev/null; then
+  pipi triton==3.9.0
+fi
+
+stamp="$VENV/.mmfast-requirements"
+if ! cmp -s requirements.txt "$stamp" 2>/dev/null; then
+  echo "[setup] installing requirements.txt"
+  pipi -r requirements.txt
+  cp requirements.txt "$stamp"
+fi
+
+# Rebuild the extension only when a source or the build script changed.
+src_hash=$(cat setup.py pyproject.toml $(find csrc -type f | sort) | sha1sum | cut -c1-40)
+build_stamp="$VENV/.mmfast-build"
+if [ "$(cat "$build_stamp" 2>/dev/null)" != "$src_hash" ] || ! "$VPY" -c "import mmfast._C" 2>/dev/null; then
+  echo "[setup] building mmfast (C++ extension; about 2 minutes on 2 cores)"
+  MAX_JOBS=${MAX_JOBS:-2} pipi --no-build-isolation -e .
+  echo "$src_hash" > "$build_stamp"
+fi
+"$VPY" -c "import mmfast; print('[setup] mmfast backends:', mmfast.backends_summary())"
