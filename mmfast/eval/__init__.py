@@ -1,0 +1,1 @@
+"""Evaluation: attacks, robustness protocols, certification and the Markdown report."""
