@@ -60,4 +60,6 @@ class CertifiableModel(Protocol):
 
     lipschitz: dict[str, Tensor]
 
-    def certify_scores(self, inputs: Mapping[str, Tensor], mask: Tensor) -> tuple[Tensor, Tensor | None]: ...
+    def certify_scores(
+        self, inputs: Mapping[str, Tensor], mask: Tensor
+    ) -> tuple[Tensor, Tensor | None]: ...

@@ -109,7 +109,8 @@ def certified_margin(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample certified radius of a sum-of-modalities classifier (DESIGN.md, op 2).
 
-    margin_bk = sum_m mask_bm (z_bmy - z_bmk) + b_y - b_k; r_bk = margin_bk / ||mask_b lip[:, y, k]||_q.
+    margin_bk = sum_m mask_bm (z_bmy - z_bmk) + b_y - b_k;
+    r_bk = margin_bk / ||mask_b lip[:, y, k]||_q.
     Returns (radius, margin, runner_up) at the rival k chosen by ``rival``.
     """
     acc = opmath_dtype(z.dtype)

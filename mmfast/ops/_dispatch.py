@@ -1,0 +1,90 @@
+"""Backend choice for one op call: explicit (argument or MMFAST_BACKEND) fails loudly when
+unavailable; ``auto`` picks the fastest built backend for the tensor's device."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+from mmfast import _backends, _extension
+
+BACKENDS = ("cuda", "triton", "cpp", "reference")
+ENV_VAR = "MMFAST_BACKEND"
+
+#: auto order per device type. On CPU, Triton runs only under the (slow) interpreter, so it
+#: is never chosen automatically. On CUDA, per-op orders come from the GPU benchmarks.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpp", "reference"),
+                                          "cuda": ("cuda", "triton", "reference")}
+AUTO_ORDER_CUDA_PER_OP: dict[str, tuple[str, ...]] = {}
+
+
+def triton_module(op: str):
+    """The module ``mmfast.kernels.<op>_triton``, or None when Triton is unusable here."""
+    family = "subset_ops" if op.startswith("subset_") else op
+    try:
+        return importlib.import_module(f"mmfast.kernels.{family}_triton")
+    except ImportError:
+        return None
+
+
+def unavailable_reason(op: str, backend: str, device: torch.device) -> str | None:
+    """None if ``backend`` can run ``op`` on ``device``, else a sentence saying why not."""
+    if backend == "reference":
+        return None
+    if backend in ("cpp", "cuda"):
+        want = "cpu" if backend == "cpp" else "cuda"
+        if device.type != want:
+            return f"the {backend} backend runs on {want} tensors, got {device.type} tensors"
+        if not _extension.loaded():
+            return _extension.LOAD_ERROR
+        key = "CPU" if backend == "cpp" else "CUDA"
+        if not _extension.has_kernel(op, key):
+            return f"mmfast._C has no {key} kernel for {op}"
+        return None
+    if backend == "triton":
+        status = _backends.backends()["triton"]
+        if not status.available:
+            return status.reason
+        if device.type == "cpu" and not _backends.triton_interpreting():
+            return "Triton on CPU tensors needs TRITON_INTERPRET=1"
+        if device.type not in ("cpu", "cuda"):
+            return f"Triton does not run on {device.type} tensors"
+        if triton_module(op) is None:
+            return f"mmfast.kernels has no Triton kernel for {op}"
+        return None
+    return f"unknown backend {backend!r}; expected one of auto, {', '.join(BACKENDS)}"
+
+
+def choose_backend(op: str, device: torch.device, requested: str | None = None) -> str:
+    """Resolve ``requested`` (or $MMFAST_BACKEND, default auto) to a usable backend name."""
+    return _choose(op, str(device), requested or os.environ.get(ENV_VAR) or "auto")
+
+
+@torch._dynamo.assume_constant_result  # resolved once at trace time: no graph break
+def _choose(op: str, device_name: str, requested: str) -> str:
+    return _resolve(op, torch.device(device_name), requested)
+
+
+@functools.cache
+def _resolve(op: str, device: torch.device, requested: str) -> str:
+    choice = requested.lower()
+    if choice != "auto":
+        reason = unavailable_reason(op, choice, device)
+        if reason is not None:
+            raise RuntimeError(f"mmfast.ops.{op}: backend {choice!r} is unavailable: {reason}")
+        return choice
+    order = AUTO_ORDER.get(device.type, ("reference",))
+    if device.type == "cuda":
+        order = AUTO_ORDER_CUDA_PER_OP.get(op, order)
+    for name in order:
+        if unavailable_reason(op, name, device) is None:
+            return name
+    return "reference"
+
+
+def clear_cache() -> None:
+    """Forget earlier decisions (after changing TRITON_INTERPRET or loading kernels)."""
+    _resolve.cache_clear()
