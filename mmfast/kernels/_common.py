@@ -1,0 +1,137 @@
+"""Launch helpers shared by the Triton kernels of mmfast.
+
+Why a shared module: every kernel needs the same three decisions -- which launch configs to
+try (autotune on a GPU, exactly one fixed config under ``TRITON_INTERPRET=1``, whose
+benchmarker needs a driver and fails with two or more configs), how to cut a (rows, width)
+problem into tiles, and which dtypes the kernel boundary accepts. It also holds the small
+``@triton.jit`` helpers that several kernels use (a first-index argmin that treats NaN like
+``torch.argmin``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "FLOAT_DTYPES",
+    "interpreting",
+    "autotune",
+    "row_tile_heuristics",
+    "check_float_dtype",
+    "opmath_dtype",
+    "as_bytes",
+    "first_argmin",
+    "cast_for_store",
+]
+
+#: dtypes the kernels accept for x / z (opmath float32, or float64 for float64 inputs).
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def interpreting() -> bool:
+    """True when Triton runs on the CPU through its interpreter (tests without a GPU)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def autotune(
+    gpu_configs: Sequence[triton.Config],
+    interpreter_config: triton.Config,
+    key: Iterable[str],
+    **kwargs,
+):
+    """``triton.autotune`` over ``gpu_configs`` on a GPU, over ``interpreter_config`` alone
+    under the interpreter (2+ configs make the interpreter's benchmarker ask for a driver;
+    one large tile also keeps the number of ~3 ms interpreted program instances small).
+
+    Decided when the kernel is decorated, so ``TRITON_INTERPRET`` must be set before the
+    kernel module is imported (tests/conftest.py does this).
+    """
+    configs = [interpreter_config] if interpreting() else list(gpu_configs)
+    return triton.autotune(configs=configs, key=list(key), **kwargs)
+
+
+def _pow2_at_most(n: int, cap: int) -> int:
+    return min(triton.next_power_of_2(max(int(n), 1)), cap)
+
+
+def row_tile_heuristics(rows_arg: str, width_arg: str, block_rows: str, block_width: str):
+    """``triton.heuristics`` that size a (rows x width) tile from the config's TILE / WIDTH_CAP.
+
+    block_width = the width rounded up to a power of two, capped at WIDTH_CAP (contiguous,
+    vectorised loads along it); block_rows = TILE // block_width rows per program, so a small
+    width (C = 10, D = 64) still gives each program a full tile of work. block_rows is also
+    capped at the number of rows (rounded up), so tiny batches do not compute empty lanes.
+    """
+
+    def width(args) -> int:
+        return _pow2_at_most(args[width_arg], args["WIDTH_CAP"])
+
+    def rows(args) -> int:
+        per_tile = max(1, args["TILE"] // width(args))
+        return _pow2_at_most(args[rows_arg], per_tile)
+
+    return triton.heuristics({block_width: width, block_rows: rows})
+
+
+def check_float_dtype(tensor: torch.Tensor, name: str) -> None:
+    """TypeError naming the argument unless it is float16/bfloat16/float32/float64.
+
+    The op wrappers map this TypeError to "use another backend".
+    """
+    if tensor.dtype not in FLOAT_DTYPES:
+        allowed = ", ".join(str(d) for d in FLOAT_DTYPES)
+        raise TypeError(
+            f"Triton kernel: {name} must have dtype in ({allowed}), got {tensor.dtype}"
+        )
+
+
+def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype at the kernel boundary: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def as_bytes(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """A bool tensor viewed as uint8 (no copy): Triton loads and stores it as bytes."""
+    if tensor is None:
+        return None
+    return tensor.view(torch.uint8) if tensor.dtype == torch.bool else tensor
+
+
+# The interpreter truncates float32 -> bfloat16 (Triton 3.9); a GPU rounds to nearest even.
+_BF16_ROUND_BY_HAND = tl.constexpr(interpreting())
+
+
+@triton.jit
+def cast_for_store(value, ptr):
+    """``value`` converted to ``ptr``'s element type with round-to-nearest-even, as on a GPU.
+
+    Under the interpreter float32 -> bfloat16 is rounded by hand on the bit pattern, so the
+    CPU tests see the numbers a GPU would store.
+    """
+    if _BF16_ROUND_BY_HAND:
+        if ptr.dtype.element_ty == tl.bfloat16:
+            bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)
+            return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return value.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def first_argmin(key, valid, index, SENTINEL: tl.constexpr):
+    """Per row of a 2-D block: (min key, its lowest index) over the ``valid`` lanes.
+
+    NaN counts as smaller than everything, as in ``torch.argmin`` / ``torch.argmax`` (pass
+    -score for an argmax). Rows without a valid lane give (+inf, SENTINEL).
+    """
+    is_nan = (key != key) & valid
+    has_nan = tl.max(is_nan.to(tl.int32), axis=1) > 0
+    lowest = tl.min(tl.where(valid, key, float("inf")), axis=1)
+    hit = valid & tl.where(has_nan[:, None], is_nan, key == lowest[:, None])
+    best = tl.min(tl.where(hit, index, SENTINEL), axis=1)
+    best_key = tl.where(has_nan, float("nan"), lowest)
+    return best_key, best
