@@ -26,6 +26,7 @@ __all__ = [
     "opmath_dtype",
     "as_bytes",
     "first_argmin",
+    "replaces_running_min",
     "cast_for_store",
 ]
 
@@ -122,16 +123,29 @@ def cast_for_store(value, ptr):
 
 
 @triton.jit
-def first_argmin(key, valid, index, SENTINEL: tl.constexpr):
+def first_argmin(key, valid, index, sentinel):
     """Per row of a 2-D block: (min key, its lowest index) over the ``valid`` lanes.
 
     NaN counts as smaller than everything, as in ``torch.argmin`` / ``torch.argmax`` (pass
-    -score for an argmax). Rows without a valid lane give (+inf, SENTINEL).
+    -score for an argmax). Rows without a valid lane give (+inf, sentinel).
     """
     is_nan = (key != key) & valid
     has_nan = tl.max(is_nan.to(tl.int32), axis=1) > 0
     lowest = tl.min(tl.where(valid, key, float("inf")), axis=1)
     hit = valid & tl.where(has_nan[:, None], is_nan, key == lowest[:, None])
-    best = tl.min(tl.where(hit, index, SENTINEL), axis=1)
+    best = tl.min(tl.where(hit, index, sentinel), axis=1)
     best_key = tl.where(has_nan, float("nan"), lowest)
     return best_key, best
+
+
+@triton.jit
+def replaces_running_min(best_key, best_index, key, index, sentinel):
+    """Rows where a later chunk's (key, index) from :func:`first_argmin` replaces the running
+    (best_key, best_index) of a loop over chunks in increasing index order.
+
+    Strictly smaller keys win, NaN beats any number and the earlier index wins ties, so the
+    loop ends at the same (key, index) as one ``first_argmin`` over the whole row.
+    """
+    best_is_nan = best_key != best_key
+    better = (key != key) | (key < best_key)
+    return (index != sentinel) & ((best_index == sentinel) | (~best_is_nan & better))
