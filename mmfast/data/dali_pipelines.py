@@ -1,0 +1,104 @@
+"""DALI graphs: one decode branch per modality kind, composed into one pipeline.
+
+Each branch takes encoded file bytes (fed by ``fn.external_source``) and ends in a fixed-size
+tensor: video uint8 (T, H, W, 3), audio float32 log-mel (n_mels, frames), image uint8
+(H, W, 3). Colour to grey, layout and scaling to [0, 1] happen afterwards in torch
+(:mod:`mmfast.data.finish`), shared with the reference loader, so both paths differ only in
+decoding and resizing.
+
+``decode_device`` is "cpu" (pipeline with ``device_id=None``; VP8/VP9/MJPEG video only) or
+"gpu" (video and image decoding with ``device="mixed"`` and the rest on the GPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from nvidia.dali import fn, types
+from nvidia.dali.pipeline import Pipeline
+
+from mmfast.data.specs import AudioSpec, DataSpec, ImageSpec, VideoSpec
+
+DECODE_DEVICES = ("cpu", "gpu")
+
+
+def video_branch(encoded, spec: VideoSpec, decode_device: str):
+    """Encoded video bytes -> uint8 (T, H, W, 3): frames 0, stride, 2*stride, ... (the last
+    frame repeated for short clips), resized with an antialiased linear filter."""
+    frames = fn.decoders.video(
+        encoded, device="mixed" if decode_device == "gpu" else "cpu",
+        start_frame=0, sequence_length=spec.frames, stride=spec.stride, pad_mode="edge")
+    return fn.resize(frames, size=(spec.height, spec.width), interp_type=types.INTERP_LINEAR,
+                     antialias=True)
+
+
+def audio_branch(encoded, spec: AudioSpec, decode_device: str):
+    """Encoded audio bytes -> float32 log-mel (n_mels, frames) in dB relative to full scale,
+    floored at -cutoff_db. Decoding is CPU-only in DALI; the spectrogram follows the device."""
+    audio, _rate = fn.decoders.audio(encoded, dtype=types.FLOAT, downmix=True,
+                                     sample_rate=spec.sample_rate)
+    audio = fn.slice(audio, start=[0], shape=[spec.num_samples], axes=[0],
+                     out_of_bounds_policy="pad", fill_values=0.0)
+    if decode_device == "gpu":
+        audio = audio.gpu()
+    spec_power = fn.spectrogram(audio, nfft=spec.n_fft, window_length=spec.n_fft,
+                                window_step=spec.hop, center_windows=True, reflect_padding=True,
+                                power=2)
+    mel = fn.mel_filter_bank(spec_power, sample_rate=spec.sample_rate, nfilter=spec.n_mels,
+                             freq_low=0.0, freq_high=spec.sample_rate / 2, normalize=True,
+                             mel_formula="slaney")
+    return fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=-spec.cutoff_db)
+
+
+def image_branch(encoded, spec: ImageSpec, decode_device: str):
+    """Encoded image bytes (PNG, JPEG, ...) -> uint8 (H, W, 3), antialiased linear resize."""
+    image = fn.decoders.image(encoded, device="mixed" if decode_device == "gpu" else "cpu",
+                              output_type=types.RGB)
+    return fn.resize(image, size=(spec.height, spec.width), interp_type=types.INTERP_LINEAR,
+                     antialias=True)
+
+
+BRANCHES: dict[str, Callable] = {
+    "video": video_branch,
+    "audio": audio_branch,
+    "image": image_branch,
+}
+
+
+def build_pipeline(
+    modalities: Sequence[str],
+    source: Callable[[], tuple],
+    spec: DataSpec,
+    batch_size: int,
+    *,
+    decode_device: str = "cpu",
+    device_id: int | None = None,
+    num_threads: int = 2,
+    prefetch: int = 2,
+    seed: int = 0,
+) -> Pipeline:
+    """A pipeline whose outputs are one tensor per modality (in ``modalities`` order) then the
+    int64 metadata rows passed through from ``source``.
+
+    ``source()`` returns, per batch, one list of encoded byte arrays per modality and a list of
+    int64 metadata rows; it raises StopIteration at the end of an epoch (DALI then stops after
+    the prefetched batches and needs ``pipe.reset()``).
+    """
+    if decode_device not in DECODE_DEVICES:
+        raise ValueError(f"decode_device: expected one of {DECODE_DEVICES}, got {decode_device!r}")
+    unknown = [m for m in modalities if m not in BRANCHES]
+    if unknown:
+        raise ValueError(f"modalities: expected names among {tuple(BRANCHES)}, got {unknown}")
+    if decode_device == "gpu" and device_id is None:
+        raise ValueError("device_id: a GPU pipeline needs a CUDA device index, got None")
+    pipe = Pipeline(batch_size=batch_size, num_threads=num_threads,
+                    device_id=device_id if decode_device == "gpu" else None,
+                    prefetch_queue_depth=prefetch, seed=seed)
+    with pipe:
+        inputs = fn.external_source(source=source, num_outputs=len(modalities) + 1, batch=True,
+                                    dtype=[types.UINT8] * len(modalities) + [types.INT64],
+                                    ndim=[1] * len(modalities) + [1])
+        outputs = [BRANCHES[m](inputs[i], getattr(spec, m), decode_device)
+                   for i, m in enumerate(modalities)]
+        pipe.set_outputs(*outputs, inputs[-1])
+    return pipe

@@ -1,0 +1,105 @@
+"""Spoken digits from a real speech synthesizer: espeak-ng driven through its C API (ctypes).
+
+The library and its voice data come from the ``espeakng-loader`` wheel (no system package, no
+root); a system ``libespeak-ng`` (``apt-get install espeak-ng``) is used when the wheel is absent.
+espeak-ng keeps global state, so one :class:`Speaker` per process is enough and is cached.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+from pathlib import Path
+
+import numpy as np
+
+#: Words spoken for the digit classes 0-9.
+DIGIT_WORDS: tuple[str, ...] = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+)
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_PARAM_RATE, _PARAM_PITCH, _PARAM_RANGE = 1, 3, 4
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                             ctypes.c_void_p)
+_INSTALL_HINT = ("install the speech synthesizer with `pip install espeakng-loader` "
+                 "(bundles libespeak-ng and its voices) or `apt-get install espeak-ng`")
+
+
+class SpeechUnavailableError(RuntimeError):
+    """espeak-ng (library or voice data) cannot be loaded on this machine."""
+
+
+def _load_library() -> tuple[ctypes.CDLL, str | None]:
+    """Return the espeak-ng library and the folder holding ``espeak-ng-data`` (None: default)."""
+    try:
+        import espeakng_loader
+    except ImportError:
+        espeakng_loader = None
+    if espeakng_loader is not None:
+        lib_path = espeakng_loader.get_library_path()
+        data_dir = str(Path(espeakng_loader.get_data_path()).parent)
+        try:
+            return ctypes.CDLL(lib_path), data_dir
+        except OSError as exc:
+            raise SpeechUnavailableError(f"cannot load {lib_path}: {exc}; {_INSTALL_HINT}") from exc
+    name = ctypes.util.find_library("espeak-ng")
+    if name is None:
+        raise SpeechUnavailableError(f"espeak-ng was not found; {_INSTALL_HINT}")
+    return ctypes.CDLL(name), None
+
+
+class Speaker:
+    """Synthesizes words to int16 mono audio at :attr:`sample_rate` (22050 Hz for espeak-ng)."""
+
+    def __init__(self) -> None:
+        lib, data_dir = _load_library()
+        self._lib = lib
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p,
+                                          ctypes.c_int]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint,
+                                     ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
+                                     ctypes.c_void_p, ctypes.c_void_p]
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
+                                     data_dir.encode() if data_dir else None, 0)
+        if rate <= 0:
+            raise SpeechUnavailableError(
+                f"espeak_Initialize failed (voice data not found in {data_dir}); {_INSTALL_HINT}")
+        self.sample_rate = int(rate)
+        self._chunks: list[np.ndarray] = []
+
+        def collect(wav, n, _events):  # called by espeak-ng for each chunk of samples
+            if n > 0 and wav:
+                self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+            return 0
+
+        self._callback = _CALLBACK(collect)  # keep a reference: espeak-ng holds the pointer
+        lib.espeak_SetSynthCallback(self._callback)
+
+    def say(self, text: str, voice: str = "en", rate: int = 175, pitch: int = 50,
+            pitch_range: int = 50) -> np.ndarray:
+        """Speak ``text`` with a voice name (``"en-us+f3"``: language + variant), a rate in
+        words per minute (80-450) and a pitch / pitch range (0-100); returns int16 samples."""
+        if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"voice: espeak-ng has no voice {voice!r}")
+        for param, value in ((_PARAM_RATE, rate), (_PARAM_PITCH, pitch),
+                             (_PARAM_RANGE, pitch_range)):
+            self._lib.espeak_SetParameter(param, int(value), 0)
+        self._chunks = []
+        data = text.encode() + b"\0"
+        if self._lib.espeak_Synth(data, len(data), 0, 0, 0, 0, None, None) != 0:
+            raise RuntimeError(f"espeak-ng could not synthesize {text!r}")
+        self._lib.espeak_Synchronize()
+        if not self._chunks:
+            return np.zeros(0, dtype=np.int16)
+        return np.concatenate(self._chunks).astype(np.int16, copy=False)
+
+
+@functools.cache
+def get_speaker() -> Speaker:
+    """The process-wide :class:`Speaker` (espeak-ng is a global state machine)."""
+    return Speaker()
