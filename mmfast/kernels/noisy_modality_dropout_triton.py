@@ -1,0 +1,168 @@
+"""Triton kernels of ``noisy_modality_dropout``: the Philox4x32-10 stream of the reference.
+
+Two launches: a tiny per-sample kernel draws keep_b and sigma_used_b from the sample stream
+(counter word 1 carries SAMPLE_STREAM_BIT), then the element kernel walks x in flat,
+4-aligned blocks: one ``tl.philox`` call yields the four 32-bit words of noise block e // 4,
+Box-Muller turns lane pairs (0, 1) and (2, 3) into four normals, and ``tl.join`` + reshape
+interleave them back to element order, so each element costs a quarter of a Philox call and
+x is read once (not at all for dropped rows) and y written once. Counters, key layout and
+the uint32 -> uniform map are exactly those of mmfast/ops/reference.py, so keep and
+sigma_used are bit-identical and y differs only by the rounding of log / cos / sin.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mmfast.kernels._common import as_bytes, autotune, cast_for_store, check_float_dtype
+
+__all__ = ["forward"]
+
+_M32 = 0xFFFFFFFF
+_GPU_CONFIGS = [
+    triton.Config({"BLOCK": 1024}, num_warps=4),
+    triton.Config({"BLOCK": 2048}, num_warps=4),
+    triton.Config({"BLOCK": 2048}, num_warps=8),
+    triton.Config({"BLOCK": 4096}, num_warps=8),
+]
+_INTERPRETER_CONFIG = triton.Config({"BLOCK": 1 << 14})
+_SAMPLE_BLOCK_GPU, _SAMPLE_BLOCK_INTERPRETER = 256, 1024
+
+
+@triton.jit
+def _philox_uniform(r):
+    """uint32 -> float32 in (0, 1): (r >> 8) * 2^-24 + 2^-25, exact in float32."""
+    return (r >> 8).to(tl.float32) * 5.9604644775390625e-08 + 2.98023223876953125e-08
+
+
+@triton.jit
+def _philox_words(seed, index, stream_bit, offset_lo, offset_hi):
+    """Philox4x32-10 of counter (index lo, index hi | stream_bit, offset lo, offset hi)."""
+    c0 = (index & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (((index >> 32) & 0x7FFFFFFF) | stream_bit).to(tl.uint32)
+    c2 = tl.zeros(c0.shape, tl.uint32) + offset_lo.to(tl.uint32)
+    c3 = tl.zeros(c0.shape, tl.uint32) + offset_hi.to(tl.uint32)
+    return tl.philox(seed, c0, c1, c2, c3)
+
+
+@triton.jit
+def _box_muller(u0, u1):
+    radius = tl.sqrt(-2.0 * tl.log(u0))
+    theta = 6.283185307179586 * u1
+    return radius * tl.cos(theta), radius * tl.sin(theta)
+
+
+@triton.jit(do_not_specialize=["seed", "offset_lo", "offset_hi"])
+def _sample_kernel(
+    p_drop_ptr, sigma_ptr, keep_ptr, sigma_used_ptr, B, K, seed, offset_lo, offset_hi,
+    SIGMA_LEVELS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = rows < B
+    r0, r1, _, _ = _philox_words(seed, rows, 0x80000000, offset_lo, offset_hi)
+    keep = _philox_uniform(r0) >= tl.load(p_drop_ptr + rows, mask=ok, other=0)
+    if SIGMA_LEVELS:
+        level = tl.minimum((_philox_uniform(r1) * K).to(tl.int32), K - 1)
+        sigma = tl.load(sigma_ptr + level, mask=ok, other=0)
+    else:
+        sigma = tl.load(sigma_ptr + rows, mask=ok, other=0)
+    tl.store(keep_ptr + rows, keep.to(tl.uint8), mask=ok)
+    tl.store(sigma_used_ptr + rows, sigma, mask=ok)
+
+
+@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG, key=["X_IS_F64"])
+@triton.heuristics({"ROW_SPANS_BLOCK": lambda args: args["row_len"] >= args["BLOCK"]})
+@triton.jit(do_not_specialize=["seed", "offset_lo", "offset_hi"])
+def _noise_kernel(
+    x_ptr, keep_ptr, sigma_used_ptr, y_ptr, numel, row_len, seed, offset_lo, offset_hi, fill,
+    X_IS_F64: tl.constexpr, BLOCK: tl.constexpr, ROW_SPANS_BLOCK: tl.constexpr,
+):
+    QUADS: tl.constexpr = BLOCK // 4
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    ok = offs < numel
+    if ROW_SPANS_BLOCK:  # row_len >= BLOCK: a block touches at most two rows, no division
+        row0 = start // row_len
+        rows = row0 + (offs >= (row0 + 1) * row_len).to(tl.int64)
+    else:
+        rows = offs // row_len
+    keep = tl.load(keep_ptr + rows, mask=ok, other=0) != 0
+    sigma = tl.load(sigma_used_ptr + rows, mask=ok, other=0)
+
+    quads = start // 4 + tl.arange(0, QUADS).to(tl.int64)
+    r0, r1, r2, r3 = _philox_words(seed, quads, 0, offset_lo, offset_hi)
+    n0, n1 = _box_muller(_philox_uniform(r0), _philox_uniform(r1))
+    n2, n3 = _box_muller(_philox_uniform(r2), _philox_uniform(r3))
+    noise = tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), [BLOCK])  # n0 n1 n2 n3 ...
+
+    x = tl.load(x_ptr + offs, mask=ok & keep, other=0)
+    if X_IS_F64:
+        noisy = x.to(tl.float64) + (sigma * noise).to(tl.float64)
+    else:
+        noisy = x.to(tl.float32) + sigma * noise
+    y = tl.where(keep, noisy, fill)
+    tl.store(y_ptr + offs, cast_for_store(y, y_ptr), mask=ok)
+
+
+def _per_sample(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    """A scalar or (B,) float32 argument as a contiguous (B,) tensor."""
+    if t.numel() not in (1, batch) or t.dim() > 1:
+        raise ValueError(f"noisy_modality_dropout_triton: {name} must be a scalar or "
+                         f"({batch},), got shape {tuple(t.shape)}")
+    return t.to(torch.float32).reshape(-1).expand(batch).contiguous()
+
+
+def forward(
+    x: torch.Tensor,
+    p_drop: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_levels: bool,
+    seed: int,
+    offset: int,
+    fill: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y x.shape x.dtype, keep (B,) bool, sigma_used (B,) float32).
+
+    keep_b = u_b >= p_drop_b; sigma_used_b = sigma_b, or a level drawn uniformly from the (K,)
+    ``sigma`` when ``sigma_levels``; y_b = keep_b ? x_b + sigma_used_b * n_b : fill, with the
+    reference's Philox streams keyed by (seed, offset).
+    """
+    check_float_dtype(x, "x")
+    if x.dim() == 0:
+        raise ValueError("noisy_modality_dropout_triton: x must have a batch dimension, got 0-d")
+    B = x.shape[0]
+    y = torch.empty_like(x)
+    keep = torch.empty((B,), dtype=torch.bool, device=x.device)
+    sigma_used = torch.empty((B,), dtype=torch.float32, device=x.device)
+    if B == 0:
+        return y, keep, sigma_used
+    p_drop = _per_sample(p_drop, B, "p_drop")
+    if sigma_levels:
+        if sigma.numel() == 0:
+            raise ValueError("noisy_modality_dropout_triton: sigma levels must be non-empty, "
+                             "got 0 levels")
+        sigma = sigma.to(torch.float32).reshape(-1).contiguous()
+    else:
+        sigma = _per_sample(sigma, B, "sigma")
+    seed &= (1 << 64) - 1
+    offset_lo, offset_hi = offset & _M32, (offset >> 32) & _M32
+    sample_block = _SAMPLE_BLOCK_INTERPRETER if x.device.type == "cpu" else _SAMPLE_BLOCK_GPU
+    _sample_kernel[(triton.cdiv(B, sample_block),)](
+        p_drop, sigma, as_bytes(keep), sigma_used, B, sigma.numel(), seed, offset_lo, offset_hi,
+        SIGMA_LEVELS=bool(sigma_levels), BLOCK=sample_block,
+    )
+    numel = x.numel()
+    if numel == 0:
+        return y, keep, sigma_used
+    row_len = numel // B
+
+    def grid(meta):
+        return (triton.cdiv(numel, meta["BLOCK"]),)
+
+    _noise_kernel[grid](
+        x, as_bytes(keep), sigma_used, y, numel, row_len, seed, offset_lo, offset_hi,
+        float(fill), X_IS_F64=x.dtype == torch.float64,
+    )
+    return y, keep, sigma_used
