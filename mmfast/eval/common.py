@@ -32,6 +32,8 @@ __all__ = [
     "predict",
     "subset_name",
     "write_json_atomic",
+    "write_text_atomic",
+    "write_bytes_atomic",
     "to_jsonable",
 ]
 
@@ -210,18 +212,24 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
-    """Write JSON to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write strict JSON (NaN/inf as null) to ``path`` atomically."""
     text = json.dumps(to_jsonable(payload), indent=2, allow_nan=False)
     return write_text_atomic(path, text + "\n")
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write text to ``path`` through a temporary file in the same folder and a rename."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -14,7 +14,13 @@ from mmfast.eval.certify import certify
 from mmfast.eval.missing import missing_rate, missing_subsets
 from mmfast.eval.noise import noise
 from mmfast.nn.model import MODALITIES, MultiModalOutput
-from tests.eval.toy_models import LinearLate, OracleByModality, make_inputs, oracle_data
+from tests.eval.toy_models import (
+    CertifiableLinear,
+    LinearLate,
+    OracleByModality,
+    make_inputs,
+    oracle_data,
+)
 
 N = 96
 CFG = EvalConfig(batch_size=40, attack_samples=48, attack_eps=(0.0, 0.5, 3.0),
@@ -125,7 +131,7 @@ def test_attack_protocol_bounds_and_ignored_modality():
 
 
 def test_certified_radius_never_exceeds_a_pgd_adversarial_distance():
-    model = LinearLate(num_classes=4, seed=8)
+    model = CertifiableLinear(num_classes=4, seed=8)
     data = _linear_data(model, n=64)
     mask, label = data["mask"], data["label"]
     z, bias = model.certify_scores(data, mask)
@@ -151,7 +157,7 @@ def test_certified_radius_never_exceeds_a_pgd_adversarial_distance():
 
 
 def test_certify_protocol_labels_estimators_and_detects_unsound_tables():
-    model = LinearLate(num_classes=3, seed=9)
+    model = CertifiableLinear(num_classes=3, seed=9)
     model.lipschitz = {"spectral": model.exact_lipschitz(),
                        "empirical": 0.1 * model.exact_lipschitz()}
     data = _linear_data(model)
@@ -171,7 +177,7 @@ def test_certify_protocol_labels_estimators_and_detects_unsound_tables():
 
 
 def test_run_protocols_writes_strict_json(tmp_path):
-    model = LinearLate(num_classes=3, seed=10, fusion="mean")
+    model = CertifiableLinear(num_classes=3, seed=10)
     result = run_protocols(model, _linear_data(model), CFG)
     assert set(result) >= {"missing_subsets", "missing_rate", "noise", "attack", "certify"}
     path = write_json_atomic(tmp_path / "eval.json", result)

@@ -19,8 +19,6 @@ def make_inputs(n: int, seed: int = 0) -> dict[str, Tensor]:
 class LinearLate(MultiModalModel):
     """z^(m) = W_m flatten(x^(m)); fused h = sum_m mask_m z^(m) + b (CRMT's framework).
 
-    The Lipschitz constant of x^(m) -> z^(m)_y - z^(m)_k is exactly ||W_m[y] - W_m[k]||_2, so
-    its certified radii are exact lower bounds on the distance to the decision boundary.
     ``fusion="mean"`` divides by the number of present modalities (late fusion) instead.
     """
 
@@ -35,7 +33,30 @@ class LinearLate(MultiModalModel):
             for m, s in SHAPES.items()
         })
         self.bias = nn.Parameter(0.1 * torch.randn(num_classes, generator=g))
-        self.lipschitz = {"sound": self.exact_lipschitz(), "empirical": self.exact_lipschitz()}
+
+    def modality_scores(self, inputs) -> Tensor:
+        return torch.stack(
+            [inputs[m].flatten(1) @ self.heads[m].t() for m in self.modalities], dim=1
+        )
+
+    def forward(self, inputs, mask) -> MultiModalOutput:
+        z = self.modality_scores(inputs) * mask[..., None].to(torch.float32)
+        fused = z.sum(1)
+        if self.fusion == "mean":
+            fused = fused / mask.sum(1, keepdim=True).clamp_min(1)
+        return MultiModalOutput(logits=fused + self.bias, modality_logits=z)
+
+
+class CertifiableLinear(LinearLate):
+    """A :class:`LinearLate` with sum fusion that is a ``CertifiableModel``.
+
+    The Lipschitz constant of x^(m) -> z^(m)_y - z^(m)_k is exactly ||W_m[y] - W_m[k]||_2, so
+    its certified radii equal the distance to the decision boundary.
+    """
+
+    def __init__(self, num_classes: int = 3, seed: int = 0):
+        super().__init__(num_classes, seed, fusion="sum")
+        self.lipschitz = {"spectral": self.exact_lipschitz()}
 
     def exact_lipschitz(self) -> Tensor:
         tables = []
@@ -44,20 +65,8 @@ class LinearLate(MultiModalModel):
             tables.append((w[:, None, :] - w[None, :, :]).norm(dim=-1))
         return torch.stack(tables)  # (M, C, C)
 
-    def modality_scores(self, inputs) -> Tensor:
-        return torch.stack(
-            [inputs[m].flatten(1) @ self.heads[m].t() for m in self.modalities], dim=1
-        )
-
     def certify_scores(self, inputs, mask):
         return self.modality_scores(inputs) * mask[..., None].to(torch.float32), self.bias
-
-    def forward(self, inputs, mask) -> MultiModalOutput:
-        z = self.modality_scores(inputs) * mask[..., None].to(torch.float32)
-        fused = z.sum(1)
-        if self.fusion == "mean":
-            fused = fused / mask.sum(1, keepdim=True).clamp_min(1)
-        return MultiModalOutput(logits=fused + self.bias, modality_logits=z)
 
 
 class OracleByModality(MultiModalModel):
