@@ -12,7 +12,6 @@ are counted and reported once, as a warning, and listed in ``loader.problems``).
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,10 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmfast.data.base import LoaderBase
+from mmfast.data.batch import collate, empty_batch, make_batch
 from mmfast.data.dali_pipelines import build_pipeline
-from mmfast.data.finish import finish_log_mel, finish_pixels
-from mmfast.data.manifest import Manifest, read_manifest, shard
-from mmfast.data.probe import placeholder, probe
+from mmfast.data.manifest import Manifest
+from mmfast.data.probe import placeholder
 from mmfast.data.specs import DataSpec
 from mmfast.nn.model import MODALITIES
 
@@ -52,13 +52,6 @@ def resolve_decode_device(decode_device: str) -> str:
         raise ValueError("decode_device: 'gpu' needs CUDA in torch and a GPU visible to DALI; "
                          "none found (use 'cpu' or 'auto')")
     return decode_device
-
-
-def distributed_rank_world() -> tuple[int, int]:
-    """(rank, world_size) of the initialised torch.distributed group, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class _BatchSource:
@@ -124,7 +117,7 @@ def _to_torch(tensor_list, device: torch.device) -> Tensor:
     return torch.from_numpy(tensor_list.as_array()).to(device, non_blocking=True)
 
 
-class MultiModalLoader:
+class MultiModalLoader(LoaderBase):
     """Iterates a manifest split through one DALI pipeline with a decode branch per modality.
 
     Args:
@@ -150,83 +143,19 @@ class MultiModalLoader:
                  rank: int | None = None, world_size: int | None = None,
                  decode_device: str = "auto", device: str | torch.device | None = None,
                  num_threads: int = 2, prefetch: int = 2, check_files: bool = True) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-        bad = [m for m in modalities if m not in MODALITIES] or (not modalities and ["<none>"])
-        if bad or len(set(modalities)) != len(modalities):
-            raise ValueError(f"modalities: expected distinct names among {MODALITIES}, "
-                             f"got {tuple(modalities)}")
-        self.manifest = data if isinstance(data, Manifest) else read_manifest(data)
-        self.samples = self.manifest.split(split)
-        self.split, self.batch_size, self.modalities = split, batch_size, tuple(modalities)
-        self.spec = spec or DataSpec()
-        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        default_rank, default_world = distributed_rank_world()
-        self.rank = default_rank if rank is None else rank
-        self.world_size = default_world if world_size is None else world_size
-        shard(range(1), 0, self.world_size)  # validates world_size
-        shard(range(self.world_size), self.rank, self.world_size)  # validates rank
         self.decode_device = resolve_decode_device(decode_device)
+        super().__init__(data, split, batch_size, modalities=modalities, spec=spec,
+                         shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank,
+                         world_size=world_size, probe_device=self.decode_device,
+                         check_files=check_files)
         self._device_id = torch.cuda.current_device() if self.decode_device == "gpu" else None
         if device is None:
             device = f"cuda:{self._device_id}" if self.decode_device == "gpu" else "cpu"
         self.device = torch.device(device)
         self.num_threads, self.prefetch = num_threads, prefetch
-        #: modality -> [(sample id, reason)] for files that are listed but cannot be decoded
-        self.problems: dict[str, list[tuple[str, str]]] = {m: [] for m in self.modalities}
-        self._warned = False
-        paths = [[self.manifest.path(s, m) for m in self.modalities] for s in self.samples]
-        if check_files:
-            paths = self._drop_undecodable(paths)
-        self._source = _BatchSource(paths, [s.label for s in self.samples], batch_size,
-                                    self.modalities, self._record_read_error)
+        self._source = _BatchSource(self.paths, [s.label for s in self.samples], batch_size,
+                                    self.modalities, self.record_problem)
         self._pipe = None
-        self._epoch = 0
-
-    # -- problems -------------------------------------------------------------------------
-    def _drop_undecodable(self, paths: list[list[Path | None]]) -> list[list[Path | None]]:
-        for row, sample in enumerate(self.samples):
-            for m, modality in enumerate(self.modalities):
-                if paths[row][m] is None:
-                    continue
-                reason = probe(modality, paths[row][m], self.decode_device)
-                if reason is not None:
-                    self.problems[modality].append((sample.id, reason))
-                    paths[row][m] = None
-        self._warn_problems()
-        return paths
-
-    def _record_read_error(self, modality: str, row: int, reason: str) -> None:
-        self.problems[modality].append((self.samples[row].id, reason))
-        self._warn_problems()
-
-    def _warn_problems(self) -> None:
-        if self._warned or not any(self.problems.values()):
-            return
-        self._warned = True
-        parts = [f"{m}: {len(p)} (e.g. {p[0][0]}: {p[0][1]})"
-                 for m, p in self.problems.items() if p]
-        warnings.warn(f"mmfast.data: split {self.split!r} of {self.manifest.root} has files that "
-                      f"cannot be decoded, loaded as absent (mask=False): {'; '.join(parts)}. "
-                      f"See loader.problems for the full list.", RuntimeWarning, stacklevel=3)
-
-    # -- iteration ------------------------------------------------------------------------
-    def _epoch_order(self, epoch: int) -> list[int]:
-        order = np.arange(len(self.samples))
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(order)
-        mine = shard(order.tolist(), self.rank, self.world_size)
-        if self.drop_last:
-            mine = mine[:len(mine) - len(mine) % self.batch_size]
-        return mine
-
-    @property
-    def num_samples(self) -> int:
-        """Samples this rank yields per epoch."""
-        return len(self._epoch_order(0))
-
-    def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
 
     def _new_pipeline(self):
         return build_pipeline(self.modalities, self._source, self.spec, self.batch_size,
@@ -235,8 +164,7 @@ class MultiModalLoader:
                               seed=self.seed)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        order = self._epoch_order(self._epoch)
-        self._epoch += 1
+        order = self.next_epoch_order()
         if not order:
             return
         self._source.start(order)
@@ -257,36 +185,10 @@ class MultiModalLoader:
         meta = torch.from_numpy(outputs[-1].as_array())
         valid = meta[:, 2].bool()
         meta = meta[valid]
-        mask = meta[:, 3:].bool()
-        batch: dict[str, Tensor] = {}
-        for m, modality in enumerate(self.modalities):
-            raw = _to_torch(outputs[m], self.device)[valid.to(self.device)]
-            if modality == "audio":
-                x = finish_log_mel(raw, self.spec.audio.cutoff_db)
-            else:
-                x = finish_pixels(raw, getattr(self.spec, modality).channels)
-            batch[modality] = x.mul_(mask[:, m].to(self.device).view(-1, *[1] * (x.dim() - 1)))
-        batch["mask"] = mask.to(self.device)
-        batch["label"] = meta[:, 1].to(self.device)
-        batch["index"] = meta[:, 0].to(self.device)
-        return batch
-
-
-def collate(batches: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Concatenate batches key by key (same keys in every batch)."""
-    if not batches:
-        raise ValueError("batches: expected at least one batch, got none")
-    return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
-
-
-def empty_batch(modalities: Sequence[str], spec: DataSpec, device: torch.device
-                ) -> dict[str, Tensor]:
-    """A batch with zero rows (what an empty split loads as)."""
-    batch = {m: torch.zeros((0, *spec.shape(m)), device=device) for m in modalities}
-    batch["mask"] = torch.zeros((0, len(modalities)), dtype=torch.bool, device=device)
-    batch["label"] = torch.zeros(0, dtype=torch.int64, device=device)
-    batch["index"] = torch.zeros(0, dtype=torch.int64, device=device)
-    return batch
+        raw = {m: _to_torch(outputs[i], self.device)[valid.to(self.device)]
+               for i, m in enumerate(self.modalities)}
+        return make_batch(raw, meta[:, 3:].bool(), meta[:, 1], meta[:, 0], self.modalities,
+                          self.spec, self.device)
 
 
 def load_split(data: str | os.PathLike | Manifest, split: str, *,

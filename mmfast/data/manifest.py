@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mmfast.data.fileio import write_text_atomic
 from mmfast.nn.model import MODALITIES
 
@@ -153,3 +155,17 @@ def shard(order: Sequence[int], rank: int, world_size: int) -> list[int]:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank: expected 0 <= rank < world_size={world_size}, got {rank}")
     return list(order[rank::world_size])
+
+
+def epoch_order(n: int, epoch: int, *, shuffle: bool, seed: int, rank: int = 0,
+                world_size: int = 1, drop_last_of: int | None = None) -> list[int]:
+    """Rows of a split (0..n-1) that ``rank`` reads in ``epoch``: a permutation drawn from
+    (seed, epoch) when shuffling (the same on every rank), then :func:`shard`; with
+    ``drop_last_of`` = batch size, the rows of a last partial batch are dropped."""
+    order = np.arange(n)
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(order)
+    mine = shard(order.tolist(), rank, world_size)
+    if drop_last_of:
+        mine = mine[:len(mine) - len(mine) % drop_last_of]
+    return mine

@@ -1,0 +1,109 @@
+"""What every mmfast loader shares (DALI-free): argument checks, the manifest split, the
+per-epoch shard order, and finding and reporting files that cannot be decoded."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from mmfast.data.manifest import Manifest, epoch_order, read_manifest, shard
+from mmfast.data.probe import probe
+from mmfast.data.specs import DataSpec
+from mmfast.nn.model import MODALITIES
+
+
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world_size) of the initialised torch.distributed group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class LoaderBase:
+    """A manifest split read in batches by one rank. Subclasses implement ``__iter__``.
+
+    ``paths[row][m]`` is the file to decode for row ``row`` and modality ``modalities[m]``, or
+    None when the modality is absent: left empty by the manifest, or listed but not decodable
+    (the latter are in ``problems`` and reported once as a RuntimeWarning).
+    """
+
+    def __init__(self, data: str | os.PathLike | Manifest, split: str, batch_size: int, *,
+                 modalities: Sequence[str], spec: DataSpec | None, shuffle: bool, seed: int,
+                 drop_last: bool, rank: int | None, world_size: int | None,
+                 probe_device: str, check_files: bool) -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        modalities = tuple(modalities)
+        if (not modalities or len(set(modalities)) != len(modalities)
+                or any(m not in MODALITIES for m in modalities)):
+            raise ValueError(f"modalities: expected distinct names among {MODALITIES}, "
+                             f"got {modalities}")
+        if spec is not None and not isinstance(spec, DataSpec):
+            raise TypeError(f"spec: expected a DataSpec, got {type(spec).__name__}")
+        self.manifest = data if isinstance(data, Manifest) else read_manifest(data)
+        self.samples = self.manifest.split(split)
+        self.split, self.batch_size, self.modalities = split, batch_size, modalities
+        self.spec = spec or DataSpec()
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        default_rank, default_world = distributed_rank_world()
+        self.world_size = default_world if world_size is None else world_size
+        self.rank = default_rank if rank is None else rank
+        shard(range(self.world_size), self.rank, self.world_size)  # validates rank, world_size
+        #: modality -> [(sample id, reason)] for files that are listed but cannot be decoded
+        self.problems: dict[str, list[tuple[str, str]]] = {m: [] for m in self.modalities}
+        self._warned = False
+        self._epoch = 0
+        self.paths: list[list[Path | None]] = [
+            [self.manifest.path(s, m) for m in self.modalities] for s in self.samples]
+        if check_files:
+            self._drop_undecodable(probe_device)
+
+    def _drop_undecodable(self, probe_device: str) -> None:
+        for row, sample in enumerate(self.samples):
+            for m, modality in enumerate(self.modalities):
+                if self.paths[row][m] is None:
+                    continue
+                reason = probe(modality, self.paths[row][m], probe_device)
+                if reason is not None:
+                    self.problems[modality].append((sample.id, reason))
+                    self.paths[row][m] = None
+        self._warn_problems()
+
+    def record_problem(self, modality: str, row: int, reason: str) -> None:
+        """Count a file that failed while loading (e.g. deleted since construction)."""
+        self.problems[modality].append((self.samples[row].id, reason))
+        self._warn_problems()
+
+    def _warn_problems(self) -> None:
+        if self._warned or not any(self.problems.values()):
+            return
+        self._warned = True
+        parts = [f"{m}: {len(p)} (e.g. {p[0][0]}: {p[0][1]})"
+                 for m, p in self.problems.items() if p]
+        warnings.warn(f"mmfast.data: split {self.split!r} of {self.manifest.root} has files that "
+                      f"cannot be decoded, loaded as absent (mask=False): {'; '.join(parts)}. "
+                      f"See loader.problems for the full list.", RuntimeWarning, stacklevel=4)
+
+    def next_epoch_order(self) -> list[int]:
+        """Rows of the split this rank reads in the next epoch (advances the epoch)."""
+        order = self.epoch_order(self._epoch)
+        self._epoch += 1
+        return order
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """Rows of the split this rank reads in ``epoch``."""
+        return epoch_order(len(self.samples), epoch, shuffle=self.shuffle, seed=self.seed,
+                           rank=self.rank, world_size=self.world_size,
+                           drop_last_of=self.batch_size if self.drop_last else None)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank yields per epoch."""
+        return len(self.epoch_order(0))
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
