@@ -94,8 +94,8 @@ def _backward(suffix: str):
         grad_x, grad_w = getattr(torch.ops.mmfast, f"_masked_fusion_backward{suffix}")(
             grad_y.contiguous(), x, mask, weight, y, denom, ctx.normalize, need_w
         )
-        return (grad_x if ctx.needs_input_grad[0] else None, grad_w if need_w else None,
-                None, None)
+        return (grad_x if ctx.needs_input_grad[0] else None, None,
+                grad_w if need_w else None, None)
 
     return backward
 

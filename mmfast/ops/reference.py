@@ -230,9 +230,10 @@ def noisy_modality_dropout(
         sigma_used = sig[idx]
     else:
         sigma_used = sig.expand(B).clone()
-    noise = _standard_normal(x.numel(), seed, offset, x.device).view(B, -1)
+    n = math.prod(x.shape[1:])
+    noise = _standard_normal(x.numel(), seed, offset, x.device).view(B, n)
     acc = opmath_dtype(x.dtype)
-    noisy = x.reshape(B, -1).to(acc) + (sigma_used.unsqueeze(1) * noise).to(acc)
+    noisy = x.reshape(B, n).to(acc) + (sigma_used.unsqueeze(1) * noise).to(acc)
     y = torch.where(keep.unsqueeze(1), noisy, torch.full_like(noisy, fill))
     return y.to(x.dtype).view(x.shape), keep, sigma_used
 
