@@ -20,10 +20,13 @@ import triton.language as tl
 __all__ = [
     "FLOAT_DTYPES",
     "interpreting",
+    "active_configs",
     "autotune",
+    "tile_blocks",
     "row_tile_heuristics",
     "check_float_dtype",
     "opmath_dtype",
+    "opmath_tl",
     "as_bytes",
     "first_argmin",
     "replaces_running_min",
@@ -39,20 +42,27 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def active_configs(
+    gpu_configs: Sequence[triton.Config], interpreter_config: triton.Config
+) -> list[triton.Config]:
+    """The configs a kernel is tuned over here: all of them on a GPU, one under the interpreter
+    (2+ configs make the interpreter's benchmarker ask for a driver; one large tile also keeps
+    the number of ~3 ms interpreted program instances small)."""
+    return [interpreter_config] if interpreting() else list(gpu_configs)
+
+
 def autotune(
     gpu_configs: Sequence[triton.Config],
     interpreter_config: triton.Config,
     key: Iterable[str],
     **kwargs,
 ):
-    """``triton.autotune`` over ``gpu_configs`` on a GPU, over ``interpreter_config`` alone
-    under the interpreter (2+ configs make the interpreter's benchmarker ask for a driver;
-    one large tile also keeps the number of ~3 ms interpreted program instances small).
+    """``triton.autotune`` over :func:`active_configs`.
 
     Decided when the kernel is decorated, so ``TRITON_INTERPRET`` must be set before the
     kernel module is imported (tests/conftest.py does this).
     """
-    configs = [interpreter_config] if interpreting() else list(gpu_configs)
+    configs = active_configs(gpu_configs, interpreter_config)
     return triton.autotune(configs=configs, key=list(key), **kwargs)
 
 
@@ -60,23 +70,33 @@ def _pow2_at_most(n: int, cap: int) -> int:
     return min(triton.next_power_of_2(max(int(n), 1)), cap)
 
 
-def row_tile_heuristics(rows_arg: str, width_arg: str, block_rows: str, block_width: str):
-    """``triton.heuristics`` that size a (rows x width) tile from the config's TILE / WIDTH_CAP.
+def tile_blocks(
+    rows: int, width: int, tile: int, width_cap: int, depth: int = 1
+) -> tuple[int, int]:
+    """(block_rows, block_width) of a (rows x [depth x] width) problem for one config.
 
-    block_width = the width rounded up to a power of two, capped at WIDTH_CAP (contiguous,
-    vectorised loads along it); block_rows = TILE // block_width rows per program, so a small
-    width (C = 10, D = 64) still gives each program a full tile of work. block_rows is also
-    capped at the number of rows (rounded up), so tiny batches do not compute empty lanes.
+    block_width = the width rounded up to a power of two, capped at width_cap (contiguous,
+    vectorised loads along it); block_rows = tile // (depth * block_width), so a small width
+    (C = 10, D = 64) still gives each program a full tile of work; block_rows is also capped
+    at the number of rows (rounded up), so tiny batches do not compute empty lanes.
     """
+    block_width = _pow2_at_most(width, width_cap)
+    return _pow2_at_most(rows, max(1, tile // (block_width * depth))), block_width
 
-    def width(args) -> int:
-        return _pow2_at_most(args[width_arg], args["WIDTH_CAP"])
 
-    def rows(args) -> int:
-        per_tile = max(1, args["TILE"] // width(args))
-        return _pow2_at_most(args[rows_arg], per_tile)
+def row_tile_heuristics(
+    rows_arg: str, width_arg: str, block_rows: str, block_width: str, depth: str | None = None
+):
+    """``triton.heuristics`` setting ``block_rows`` / ``block_width`` by :func:`tile_blocks`
+    from the config's TILE and WIDTH_CAP; ``depth`` names a constexpr (e.g. BLOCK_M) for
+    kernels that hold a (rows x depth x width) block."""
 
-    return triton.heuristics({block_width: width, block_rows: rows})
+    def blocks(args) -> tuple[int, int]:
+        return tile_blocks(args[rows_arg], args[width_arg], args["TILE"], args["WIDTH_CAP"],
+                           args[depth] if depth else 1)
+
+    return triton.heuristics({block_rows: lambda args: blocks(args)[0],
+                              block_width: lambda args: blocks(args)[1]})
 
 
 def check_float_dtype(tensor: torch.Tensor, name: str) -> None:
@@ -94,6 +114,11 @@ def check_float_dtype(tensor: torch.Tensor, name: str) -> None:
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype at the kernel boundary: float64 for float64, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def opmath_tl(dtype: torch.dtype):
+    """The Triton accumulation dtype for a torch input dtype, passed to kernels as ``ACC``."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def as_bytes(tensor: torch.Tensor | None) -> torch.Tensor | None:

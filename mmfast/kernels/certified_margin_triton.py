@@ -24,6 +24,7 @@ from mmfast.kernels._common import (
     check_float_dtype,
     first_argmin,
     opmath_dtype,
+    opmath_tl,
     replaces_running_min,
     row_tile_heuristics,
 )
@@ -105,10 +106,10 @@ def _forward_kernel(
     z_ptr, target_ptr, lip_ptr, mask_ptr, bias_ptr, radius_ptr, margin_ptr, runner_up_ptr,
     B, C, q,
     M: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, LIP_FULL: tl.constexpr,
-    NORM: tl.constexpr, TOP_RIVAL: tl.constexpr, TILE: tl.constexpr, WIDTH_CAP: tl.constexpr,
+    NORM: tl.constexpr, TOP_RIVAL: tl.constexpr, ACC: tl.constexpr, TILE: tl.constexpr,
+    WIDTH_CAP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    ACC: tl.constexpr = radius_ptr.dtype.element_ty
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     y = tl.load(target_ptr + rows, mask=row_ok, other=0)
@@ -181,10 +182,9 @@ def _backward_kernel(
     grad_radius_ptr, grad_margin_ptr, target_ptr, lip_ptr, mask_ptr, margin_ptr, runner_up_ptr,
     grad_z_ptr, grad_lip_ptr, B, C, q,
     M: tl.constexpr, BLOCK_M: tl.constexpr, HAS_MASK: tl.constexpr, LIP_FULL: tl.constexpr,
-    NORM: tl.constexpr, TILE: tl.constexpr, WIDTH_CAP: tl.constexpr,
+    NORM: tl.constexpr, ACC: tl.constexpr, TILE: tl.constexpr, WIDTH_CAP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    ACC: tl.constexpr = grad_lip_ptr.dtype.element_ty
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     y = tl.load(target_ptr + rows, mask=row_ok, other=0)
@@ -287,7 +287,7 @@ def forward(
     _forward_kernel[grid](
         z, target, lip, as_bytes(mask), bias, radius, margin, runner_up, B, C, float(q),
         M=M, HAS_MASK=mask is not None, HAS_BIAS=bias is not None, LIP_FULL=lip.dim() == 3,
-        NORM=norm_kind(q), TOP_RIVAL=bool(top_rival),
+        NORM=norm_kind(q), TOP_RIVAL=bool(top_rival), ACC=opmath_tl(z.dtype),
     )
     return radius, margin, runner_up
 
@@ -324,6 +324,6 @@ def backward(
         grad_radius, grad_margin, target, lip, as_bytes(mask), margin, runner_up, grad_z,
         grad_lip, B, C, float(q),
         M=M, BLOCK_M=triton.next_power_of_2(M), HAS_MASK=mask is not None,
-        LIP_FULL=lip.dim() == 3, NORM=norm_kind(q),
+        LIP_FULL=lip.dim() == 3, NORM=norm_kind(q), ACC=opmath_tl(z.dtype),
     )
     return grad_z, grad_lip

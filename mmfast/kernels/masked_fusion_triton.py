@@ -19,6 +19,7 @@ from mmfast.kernels._common import (
     cast_for_store,
     check_float_dtype,
     opmath_dtype,
+    opmath_tl,
     row_tile_heuristics,
 )
 
@@ -59,11 +60,10 @@ def _divisor(denom, NORMALIZE: tl.constexpr):
 @triton.jit
 def _forward_kernel(
     x_ptr, mask_ptr, weight_ptr, y_ptr, denom_ptr, B, D,
-    M: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORMALIZE: tl.constexpr,
+    M: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr,
     TILE: tl.constexpr, WIDTH_CAP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    ACC: tl.constexpr = denom_ptr.dtype.element_ty
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     rows = pid_b.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -91,10 +91,10 @@ def _forward_kernel(
 def _backward_kernel(
     grad_y_ptr, x_ptr, mask_ptr, weight_ptr, denom_ptr, grad_x_ptr, grad_w_ptr, B, D,
     M: tl.constexpr, BLOCK_M: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORMALIZE: tl.constexpr,
-    NEED_GRAD_WEIGHT: tl.constexpr, TILE: tl.constexpr, WIDTH_CAP: tl.constexpr,
+    NEED_GRAD_WEIGHT: tl.constexpr, ACC: tl.constexpr, TILE: tl.constexpr,
+    WIDTH_CAP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    ACC: tl.constexpr = denom_ptr.dtype.element_ty
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     modalities = tl.arange(0, BLOCK_M)
@@ -163,7 +163,7 @@ def forward(
 
     _forward_kernel[grid](
         x, as_bytes(mask), weight, y, denom, B, D,
-        M=M, HAS_WEIGHT=weight is not None, NORMALIZE=bool(normalize),
+        M=M, HAS_WEIGHT=weight is not None, NORMALIZE=bool(normalize), ACC=opmath_tl(x.dtype),
     )
     return y, denom
 
@@ -204,5 +204,6 @@ def backward(
         grad_y, x, as_bytes(mask), weight, denom, grad_x, grad_weight, B, D,
         M=M, BLOCK_M=triton.next_power_of_2(M), HAS_WEIGHT=weight is not None,
         NORMALIZE=bool(normalize), NEED_GRAD_WEIGHT=bool(need_grad_weight),
+        ACC=opmath_tl(x.dtype),
     )
     return grad_x, grad_weight

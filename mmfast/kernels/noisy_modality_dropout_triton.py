@@ -16,7 +16,13 @@ import torch
 import triton
 import triton.language as tl
 
-from mmfast.kernels._common import as_bytes, autotune, cast_for_store, check_float_dtype
+from mmfast.kernels._common import (
+    as_bytes,
+    autotune,
+    cast_for_store,
+    check_float_dtype,
+    opmath_tl,
+)
 
 __all__ = ["forward"]
 
@@ -72,12 +78,12 @@ def _sample_kernel(
     tl.store(sigma_used_ptr + rows, sigma, mask=ok)
 
 
-@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG, key=["X_IS_F64"])
+@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG, key=["ACC"])
 @triton.heuristics({"ROW_SPANS_BLOCK": lambda args: args["row_len"] >= args["BLOCK"]})
 @triton.jit(do_not_specialize=["seed", "offset_lo", "offset_hi"])
 def _noise_kernel(
     x_ptr, keep_ptr, sigma_used_ptr, y_ptr, numel, row_len, seed, offset_lo, offset_hi, fill,
-    X_IS_F64: tl.constexpr, BLOCK: tl.constexpr, ROW_SPANS_BLOCK: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, ROW_SPANS_BLOCK: tl.constexpr,
 ):
     QUADS: tl.constexpr = BLOCK // 4
     start = tl.program_id(0).to(tl.int64) * BLOCK
@@ -98,10 +104,7 @@ def _noise_kernel(
     noise = tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), [BLOCK])  # n0 n1 n2 n3 ...
 
     x = tl.load(x_ptr + offs, mask=ok & keep, other=0)
-    if X_IS_F64:
-        noisy = x.to(tl.float64) + (sigma * noise).to(tl.float64)
-    else:
-        noisy = x.to(tl.float32) + sigma * noise
+    noisy = x.to(ACC) + (sigma * noise).to(ACC)  # noise in float32, the sum in opmath
     y = tl.where(keep, noisy, fill)
     tl.store(y_ptr + offs, cast_for_store(y, y_ptr), mask=ok)
 
@@ -163,6 +166,6 @@ def forward(
 
     _noise_kernel[grid](
         x, as_bytes(keep), sigma_used, y, numel, row_len, seed, offset_lo, offset_hi,
-        float(fill), X_IS_F64=x.dtype == torch.float64,
+        float(fill), ACC=opmath_tl(x.dtype),
     )
     return y, keep, sigma_used

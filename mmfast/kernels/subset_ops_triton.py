@@ -1,0 +1,219 @@
+"""Triton kernels of ``subset_logits`` and ``subset_accuracy``, same contract as csrc/ops.cpp.
+
+Both hold a (BLOCK_B rows x BLOCK_M modalities x BLOCK_C classes) block of z in registers
+and loop over the S subsets, so z is read from memory once whatever S is. subset_logits
+writes each subset's normalised fusion; subset_accuracy never forms (S, B, C): per subset it
+takes the first argmax over classes (NaN first, like torch.argmax; chunked with a running
+best when C is wider than one block) and counts hits per program into an (n_programs, S)
+int32 table that one small sum turns into (S,) int64 -- deterministic, no atomics.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mmfast.kernels._common import (
+    active_configs,
+    as_bytes,
+    autotune,
+    cast_for_store,
+    check_float_dtype,
+    first_argmin,
+    opmath_tl,
+    replaces_running_min,
+    row_tile_heuristics,
+    tile_blocks,
+)
+
+__all__ = ["subset_logits", "subset_accuracy"]
+
+# TILE counts elements of the (rows x modalities x classes) block of z held in registers.
+_GPU_CONFIGS = [
+    triton.Config({"TILE": 2048, "WIDTH_CAP": 128}, num_warps=4),
+    triton.Config({"TILE": 4096, "WIDTH_CAP": 128}, num_warps=4),
+    triton.Config({"TILE": 4096, "WIDTH_CAP": 256}, num_warps=8),
+    triton.Config({"TILE": 8192, "WIDTH_CAP": 256}, num_warps=8),
+]
+_INTERPRETER_CONFIG = triton.Config({"TILE": 1 << 15, "WIDTH_CAP": 256})
+
+
+@triton.jit
+def _fusion_weights(weight_ptr, present_ptr, rows, row_ok, ms, M: tl.constexpr,
+                    HAS_WEIGHT: tl.constexpr, HAS_PRESENT: tl.constexpr, ACC: tl.constexpr):
+    """(BLOCK_B, BLOCK_M) w_bm = weight_bm * present_bm (missing ones -> 1; padding -> 0)."""
+    offs = rows[:, None] * M + ms[None, :]
+    ok = row_ok[:, None] & (ms < M)[None, :]
+    w = tl.where(ok, 1.0, 0.0).to(ACC)
+    if HAS_PRESENT:
+        w = tl.load(present_ptr + offs, mask=ok, other=0).to(ACC)
+    if HAS_WEIGHT:
+        w = w * tl.load(weight_ptr + offs, mask=ok, other=0).to(ACC)
+    return w
+
+
+@triton.jit
+def _load_z(z_ptr, rows, row_ok, ms, ks, M: tl.constexpr, C, ACC: tl.constexpr):
+    """(BLOCK_B, BLOCK_M, BLOCK_C) block of z in ACC, zero outside the tensor."""
+    offs = (rows[:, None, None] * M + ms[None, :, None]) * C + ks[None, None, :]
+    ok = row_ok[:, None, None] & (ms < M)[None, :, None] & (ks < C)[None, None, :]
+    return tl.load(z_ptr + offs, mask=ok, other=0).to(ACC)
+
+
+@triton.jit
+def _subset_weights(subsets_ptr, s, w, ms, M: tl.constexpr):
+    """(ws_bm = subsets_sm * w_bm, divisor_b = denom_b if denom_b > 0 else 1) of subset s."""
+    chosen = tl.load(subsets_ptr + s * M + ms, mask=ms < M, other=0).to(w.dtype)
+    ws = w * chosen[None, :]
+    denom = tl.sum(ws, axis=1)
+    return ws, tl.where(denom > 0, denom, 1.0)
+
+
+@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG, key=["C", "M", "HAS_WEIGHT", "HAS_PRESENT"])
+@row_tile_heuristics("B", "C", "BLOCK_B", "BLOCK_C", depth="BLOCK_M")
+@triton.jit
+def _logits_kernel(
+    z_ptr, subsets_ptr, weight_ptr, present_ptr, out_ptr, B, C, S,
+    M: tl.constexpr, BLOCK_M: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_PRESENT: tl.constexpr, ACC: tl.constexpr, TILE: tl.constexpr, WIDTH_CAP: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    ks = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ms = tl.arange(0, BLOCK_M)
+    row_ok = rows < B
+    tile_ok = row_ok[:, None] & (ks < C)[None, :]
+    w = _fusion_weights(weight_ptr, present_ptr, rows, row_ok, ms, M, HAS_WEIGHT, HAS_PRESENT,
+                        ACC)
+    z = _load_z(z_ptr, rows, row_ok, ms, ks, M, C, ACC)
+    out_offs = rows[:, None] * C + ks[None, :]
+    for s in range(S):
+        ws, divisor = _subset_weights(subsets_ptr, s, w, ms, M)
+        scores = tl.sum(ws[:, :, None] * z, axis=1) / divisor[:, None]
+        tl.store(out_ptr + s * B * C + out_offs, cast_for_store(scores, out_ptr), mask=tile_ok)
+
+
+@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG, key=["C", "M", "HAS_WEIGHT", "HAS_PRESENT"])
+@row_tile_heuristics("B", "C", "BLOCK_B", "BLOCK_C", depth="BLOCK_M")
+@triton.jit
+def _accuracy_kernel(
+    z_ptr, target_ptr, subsets_ptr, weight_ptr, present_ptr, partial_ptr, B, C, S,
+    M: tl.constexpr, BLOCK_M: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_PRESENT: tl.constexpr, ACC: tl.constexpr, TILE: tl.constexpr, WIDTH_CAP: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    ONE_CHUNK: tl.constexpr = BLOCK_C >= C  # z fits in one block: load it once for all s
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    ms = tl.arange(0, BLOCK_M)
+    row_ok = rows < B
+    target = tl.load(target_ptr + rows, mask=row_ok, other=-1)
+    w = _fusion_weights(weight_ptr, present_ptr, rows, row_ok, ms, M, HAS_WEIGHT, HAS_PRESENT,
+                        ACC)
+    lanes = tl.arange(0, BLOCK_C).to(tl.int64)
+    if ONE_CHUNK:
+        z = _load_z(z_ptr, rows, row_ok, ms, lanes, M, C, ACC)
+    for s in range(S):
+        ws, divisor = _subset_weights(subsets_ptr, s, w, ms, M)
+        best_key = tl.full([BLOCK_B], float("inf"), ACC)
+        best_k = tl.full([BLOCK_B], C, tl.int64)
+        for c0 in range(0, C, BLOCK_C):
+            ks = c0 + lanes
+            if not ONE_CHUNK:
+                z = _load_z(z_ptr, rows, row_ok, ms, ks, M, C, ACC)
+            scores = tl.sum(ws[:, :, None] * z, axis=1) / divisor[:, None]
+            valid = row_ok[:, None] & (ks < C)[None, :]
+            index = ks[None, :] + tl.zeros([BLOCK_B, BLOCK_C], dtype=tl.int64)
+            chunk_key, chunk_k = first_argmin(-scores, valid, index, C)
+            take = replaces_running_min(best_key, best_k, chunk_key, chunk_k, C)
+            best_key = tl.where(take, chunk_key, best_key)
+            best_k = tl.where(take, chunk_k, best_k)
+        hits = tl.sum((row_ok & (best_k == target)).to(tl.int32), axis=0)
+        tl.store(partial_ptr + pid * S + s, hits)
+
+
+def _check_inputs(z, subsets, weight, present) -> None:
+    check_float_dtype(z, "z")
+    if z.dim() != 3:
+        raise ValueError(f"subset_ops_triton: z must be (B, M, C), got {tuple(z.shape)}")
+    B, M, _ = z.shape
+    if subsets.dim() != 2 or subsets.shape[1] != M:
+        raise ValueError(f"subset_ops_triton: subsets must be (S, {M}), got "
+                         f"{tuple(subsets.shape)}")
+    for name, t in (("weight", weight), ("present", present)):
+        if t is not None and tuple(t.shape) != (B, M):
+            raise ValueError(f"subset_ops_triton: {name} must be ({B}, {M}), got "
+                             f"{tuple(t.shape)}")
+
+
+def _launch(kernel, leading: tuple, z, subsets, weight, present, trailing: tuple,
+            grid_over_classes: bool) -> None:
+    """Launches ``kernel(*leading, z, subsets, weight, present, *trailing, B, C, S, ...)``
+    over row blocks (and class blocks)."""
+    B, M, C = z.shape
+
+    def grid(meta):
+        blocks = triton.cdiv(B, meta["BLOCK_B"])
+        return (blocks, triton.cdiv(C, meta["BLOCK_C"])) if grid_over_classes else (blocks,)
+
+    kernel[grid](
+        *leading, as_bytes(subsets), weight, as_bytes(present), *trailing, B, C,
+        subsets.shape[0], M=M, BLOCK_M=triton.next_power_of_2(M),
+        HAS_WEIGHT=weight is not None, HAS_PRESENT=present is not None, ACC=opmath_tl(z.dtype),
+    )
+
+
+def _max_programs(B: int, M: int, C: int) -> int:
+    """Most row blocks any active config can launch: the height of the partial-count table,
+    sized before the autotuner picks a config (rows no program writes stay zero)."""
+    depth = triton.next_power_of_2(M)
+    return max(
+        triton.cdiv(B, tile_blocks(B, C, cfg.kwargs["TILE"], cfg.kwargs["WIDTH_CAP"], depth)[0])
+        for cfg in active_configs(_GPU_CONFIGS, _INTERPRETER_CONFIG)
+    )
+
+
+def subset_logits(
+    z: torch.Tensor,
+    subsets: torch.Tensor,
+    weight: torch.Tensor | None,
+    present: torch.Tensor | None,
+) -> torch.Tensor:
+    """scores (S, B, C) z.dtype: masked_fusion(z, subsets_s & present, weight, normalize=True).
+
+    z contiguous (B, M, C); subsets bool (S, M); weight None or (B, M) opmath; present None or
+    bool (B, M). An empty subset (or a row with nothing present) gives zero scores.
+    """
+    _check_inputs(z, subsets, weight, present)
+    B, M, C = z.shape
+    out = torch.empty((subsets.shape[0], B, C), dtype=z.dtype, device=z.device)
+    if out.numel() == 0:
+        return out
+    _launch(_logits_kernel, (z,), z, subsets, weight, present, (out,), grid_over_classes=True)
+    return out
+
+
+def subset_accuracy(
+    z: torch.Tensor,
+    target: torch.Tensor,
+    subsets: torch.Tensor,
+    weight: torch.Tensor | None,
+    present: torch.Tensor | None,
+) -> torch.Tensor:
+    """correct (S,) int64: rows whose fused argmax (lowest index on ties) equals target.
+
+    One pass over z; the (S, B, C) scores are never stored. An empty subset scores 0 for
+    every class, so its prediction is class 0.
+    """
+    _check_inputs(z, subsets, weight, present)
+    B, M, C = z.shape
+    S = subsets.shape[0]
+    if tuple(target.shape) != (B,):
+        raise ValueError(f"subset_ops_triton: target must be ({B},), got {tuple(target.shape)}")
+    if B == 0 or S == 0 or C == 0:
+        return torch.zeros((S,), dtype=torch.int64, device=z.device)
+    partial = torch.zeros((_max_programs(B, M, C), S), dtype=torch.int32, device=z.device)
+    _launch(_accuracy_kernel, (z, target), z, subsets, weight, present, (partial,),
+            grid_over_classes=False)
+    return partial.sum(dim=0, dtype=torch.int64)
