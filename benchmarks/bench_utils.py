@@ -1,0 +1,108 @@
+"""Helpers for benchmarks/bench_<op>.py: which backends to compare, how to build each runner
+(eager reference, ``torch.compile`` of the reference, each built backend), and the
+``extra_info`` (bytes moved, GB/s, fraction of a copy measured in the same run, peak memory,
+device, versions, commit) recorded with every result. Baselines come from
+``mmfast.ops.reference`` so they cannot drift from the tests' ground truth."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+
+import mmfast
+from mmfast.ops._dispatch import unavailable_reason
+
+PROVIDERS = ("reference", "compile", "cpp", "cuda", "triton")
+
+
+def devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def skip_unless_usable(op: str, provider: str, device: str) -> None:
+    if provider in ("reference", "compile"):
+        return
+    reason = unavailable_reason(op, provider, torch.device(device))
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def runner(op: str, provider: str, reference_fn: Callable, public_fn: Callable) -> Callable:
+    """A callable taking the op's arguments: eager reference, compiled reference, or the public
+    op forced onto ``provider``."""
+    if provider == "reference":
+        return reference_fn
+    if provider == "compile":
+        return torch.compile(reference_fn, dynamic=False)
+    return functools.partial(public_fn, backend=provider)
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@functools.cache
+def copy_seconds(nbytes: int, device: str) -> float:
+    """Median time of cloning an ``nbytes`` buffer: the yardstick of memory bandwidth."""
+    buf = torch.empty(max(nbytes // 4, 1), dtype=torch.float32, device=device)
+    times = []
+    for _ in range(7):
+        synchronize(device)
+        t0 = time.perf_counter()
+        buf.clone()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+@functools.cache
+def _commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def nbytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def run(benchmark, fn: Callable, device: str, moved_bytes: int, input_bytes: int, **info):
+    """Warm up (compiles), benchmark ``fn``, and record bandwidth figures in extra_info."""
+    fn()  # warm-up: torch.compile, Triton JIT, caches
+    synchronize(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def timed():
+        out = fn()
+        synchronize(device)
+        return out
+
+    benchmark(timed)
+    median = benchmark.stats.stats.median
+    copy_s = copy_seconds(input_bytes, device)
+    gbps = moved_bytes / median / 1e9
+    copy_gbps = 2 * input_bytes / copy_s / 1e9
+    benchmark.extra_info.update(
+        bytes_moved=moved_bytes,
+        gb_per_s=round(gbps, 3),
+        copy_gb_per_s=round(copy_gbps, 3),
+        fraction_of_copy=round(gbps / copy_gbps, 4),
+        peak_memory_bytes=(torch.cuda.max_memory_allocated() if device == "cuda" else None),
+        device=(torch.cuda.get_device_name() if device == "cuda" else platform.processor()
+                or platform.machine()),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        mmfast=mmfast.__version__,
+        commit=_commit(),
+        **info,
+    )
