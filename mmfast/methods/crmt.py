@@ -1,0 +1,260 @@
+"""CRMT: Certifiable Robust Multi-modal Training (ICLR 2024), with its AT and Mix variants.
+
+Model: h(x) = sum_m a^(m) * W~^(m) phi^(m)(x^(m)) + b with normalised rows W~ (zero mean,
+unit norm) and per-class integration weights a^(m) (``NormalizedLateHead``).
+
+Step 1 (everything): cross entropy + rho * the uni-modal margin regulariser
+    mean_i log( sum_m sum_{k != y} exp(z~_mk - z~_my) + 1e-5 ),
+computed in its numerically stable form as a log-sum-exp over (m, k != y) (the official code
+exponentiates raw logits and can overflow). CRMT-AT trains on CRMT-AT's box-projected PGD
+inputs (``mmfast.eval.attacks.pgd_l2``); CRMT-Mix on mixup pairs (the margin term is the
+convex combination of both labels' terms, the official code's raw-logit subtraction fixed).
+Lipschitz estimation: both estimators of ``mmfast.methods.lipschitz`` (labelled).
+Step 2 (integration weights a only): maximise the mean certified radius of
+``mmfast.ops.certified_margin`` (rival = fused runner-up, as the official code; the
+Lipschitz table follows a, lip = |a_y| tau_y + |a_k| tau_k).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmfast import ops
+from mmfast.methods import register_method
+from mmfast.methods.base import (
+    FitResult,
+    FusionModel,
+    Method,
+    ModelSpec,
+    feature_dims,
+    make_encoders,
+    stage_epochs,
+)
+from mmfast.methods.lipschitz import (
+    ESTIMATORS,
+    empirical_class_lipschitz,
+    encoder_lipschitz_bound,
+    pair_table,
+)
+from mmfast.nn.heads import NormalizedLateHead
+from mmfast.train.batches import Batch, batch_indices, dataset_size, inputs_of, take
+from mmfast.train.engine import Stage, StepInfo, TrainContext, autocast, run_stage
+
+__all__ = ["CRMT", "CRMTModel", "margin_regularizer", "certified_radius_loss"]
+
+_LOG_EPS = math.log(1e-5)
+
+
+class CRMTModel(FusionModel):
+    """FusionModel with a NormalizedLateHead and stored per-class Lipschitz constants.
+
+    ``tau_<estimator>`` buffers (M, C) are NaN until estimated; ``lipschitz`` exposes the
+    (M, C, C) tables of the estimators that have been computed.
+    """
+
+    head: NormalizedLateHead
+
+    def __init__(self, encoders: nn.ModuleDict, head: NormalizedLateHead, num_classes: int,
+                 input_shapes: Mapping[str, tuple[int, ...]]):
+        super().__init__(encoders, head, num_classes)
+        self.input_shapes = {m: tuple(input_shapes[m]) for m in self.modalities}
+        for name in ESTIMATORS:
+            self.register_buffer(f"tau_{name}",
+                                 torch.full((len(self.modalities), num_classes), math.nan))
+
+    def tau(self, estimator: str) -> Tensor:
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        return getattr(self, f"tau_{estimator}")
+
+    @property
+    def lipschitz(self) -> dict[str, Tensor]:
+        """estimator -> (M, C, C) table for the current integration weights."""
+        a = self.head.integration.detach()
+        return {name: pair_table(self.tau(name), a) for name in ESTIMATORS
+                if not torch.isnan(self.tau(name)).any()}
+
+    def certify_scores(self, inputs: Mapping[str, Tensor], mask: Tensor
+                       ) -> tuple[Tensor, Tensor]:
+        """(z (B, M, C) with a folded in and absent modalities zeroed, bias (C,))."""
+        out = self(inputs, mask)
+        return out.modality_logits * mask.unsqueeze(-1).to(out.modality_logits.dtype), \
+            self.head.bias
+
+    @torch.no_grad()
+    def estimate_spectral(self) -> Tensor:
+        """Fill tau_spectral with sound bounds: L(phi^(m)) * ||W~_k^(m)||."""
+        rows = []
+        for i, name in enumerate(self.modalities):
+            bound = encoder_lipschitz_bound(self.encoders[name], self.input_shapes[name])
+            norms = self.head.normalized_weight(i).double().norm(dim=1)
+            rows.append(bound * norms * (1.0 + 1e-4))
+        self.tau_spectral.copy_(torch.stack(rows).float())
+        return self.tau_spectral
+
+
+def margin_regularizer(units: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """(B,) log(sum_m p_m sum_{k != y} exp(z_mk - z_my) + 1e-5), stably (log-sum-exp)."""
+    z = units.float()
+    zy = z.gather(2, target.view(-1, 1, 1).expand(-1, z.shape[1], 1))
+    diff = z - zy
+    own = F.one_hot(target, z.shape[2]).bool().unsqueeze(1)  # exclude k = y
+    absent = ~mask.bool().unsqueeze(-1)
+    diff = diff.masked_fill(own | absent, -math.inf).flatten(1)
+    lse = torch.logsumexp(diff, dim=1)
+    return torch.logaddexp(lse, torch.full_like(lse, _LOG_EPS))
+
+
+def certified_radius_loss(model: CRMTModel, units: Tensor, target: Tensor, mask: Tensor,
+                          estimator: str, rival: str = "top") -> Tensor:
+    """-mean certified radius for the current integration weights (step 2's objective)."""
+    a = model.head.integration
+    z = units * a.unsqueeze(0)
+    lip = pair_table(model.tau(estimator), a)
+    radius, _, _ = ops.certified_margin(z, target, lip, mask, model.head.bias, 2.0, rival)
+    return -radius.mean()
+
+
+def _mixup(batch: Batch, names, info: StepInfo) -> tuple[dict, Tensor, Tensor, Tensor, float]:
+    gen = info.generator()
+    lam = float(torch.rand((), generator=gen))  # Beta(1, 1)
+    perm = torch.randperm(batch["label"].shape[0], generator=gen).to(batch["label"].device)
+    inputs = {m: lam * batch[m] + (1 - lam) * batch[m][perm] for m in names}
+    mask = batch["mask"] & batch["mask"][perm]
+    return inputs, mask, batch["label"], batch["label"][perm], lam
+
+
+@register_method("crmt")
+@register_method("crmt_at", variant="at")
+@register_method("crmt_mix", variant="mix")
+@dataclass
+class CRMT(Method):
+    """Hyper-parameters.
+
+    variant: "jt" (joint training), "at" (adversarial training), "mix" (mixup).
+    rho: weight of the margin regulariser (paper: 2.0).
+    step2_epochs: integration-weight epochs (default TrainConfig.epochs // 3, as 140 -> 45).
+    step2_lr: Adam learning rate of step 2 (a only).
+    estimator: Lipschitz estimator step 2 optimises with ("empirical" = the paper's).
+    rival: certified_margin rival in step 2 ("top" = official code, "min" = a certificate).
+    lip_samples: training samples used by the empirical estimate (None = all).
+    at_eps, at_steps: CRMT-AT's attack (steps of at_eps/at_steps, box of 2 at_eps).
+    """
+
+    variant: str = "jt"
+    rho: float = 2.0
+    step2_epochs: int | None = None
+    step2_lr: float = 1e-2
+    estimator: str = "empirical"
+    rival: str = "top"
+    lip_samples: int | None = 512
+    at_eps: float = 0.1
+    at_steps: int = 5
+    init_integration: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("jt", "at", "mix"):
+            raise ValueError(f"variant must be 'jt', 'at' or 'mix', got {self.variant!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.rival not in ("top", "min"):
+            raise ValueError(f"rival must be 'top' or 'min', got {self.rival!r}")
+        if self.rho < 0 or self.at_eps < 0 or self.at_steps < 1:
+            raise ValueError(f"need rho >= 0, at_eps >= 0, at_steps >= 1, got "
+                             f"{self.rho}, {self.at_eps}, {self.at_steps}")
+
+    def build_model(self, spec: ModelSpec) -> CRMTModel:
+        encoders = make_encoders(spec, self.encoders)
+        head = NormalizedLateHead(feature_dims(spec, encoders), spec.num_classes,
+                                  self.init_integration)
+        return CRMTModel(encoders, head, spec.num_classes, spec.input_shapes)
+
+    # ----------------------------------------------------------------------- step 1
+    def step1_loss(self, module: nn.Module, batch: Batch, info: StepInfo
+                   ) -> tuple[Tensor, dict[str, float]]:
+        model = getattr(module, "module", module)
+        names = model.modalities
+        inputs, mask, label = inputs_of(batch, names), batch["mask"], batch["label"]
+        if self.variant == "mix":
+            inputs, mask, label_a, label_b, lam = _mixup(batch, names, info)
+            out = module(inputs, mask)
+            units = out.aux["unit_logits"]
+            ce = (lam * F.cross_entropy(out.logits.float(), label_a)
+                  + (1 - lam) * F.cross_entropy(out.logits.float(), label_b))
+            reg = (lam * margin_regularizer(units, label_a, mask)
+                   + (1 - lam) * margin_regularizer(units, label_b, mask)).mean()
+        else:
+            if self.variant == "at":
+                inputs = self._adversarial(model, inputs, mask, label)
+            out = module(inputs, mask)
+            ce = F.cross_entropy(out.logits.float(), label)
+            reg = margin_regularizer(out.aux["unit_logits"], label, mask).mean()
+        acc = (out.logits.argmax(1) == label).float().mean()
+        return ce + self.rho * reg, {"ce": float(ce.detach()), "margin_reg": float(reg.detach()),
+                                     "acc": float(acc)}
+
+    def _adversarial(self, model: CRMTModel, inputs, mask, label) -> dict[str, Tensor]:
+        from mmfast.eval.attacks import pgd_l2  # the evaluation package owns the attacks
+
+        clamp = {m: (0.0, 1.0) for m in model.modalities if m in ("video", "image")}
+        with torch.autocast(device_type=mask.device.type, enabled=False):
+            return pgd_l2(model, inputs, mask, label, self.at_eps, steps=self.at_steps,
+                          step_size=self.at_eps / self.at_steps, projection="box",
+                          box_radius=2 * self.at_eps, clamp=clamp or None)
+
+    # ----------------------------------------------------------------------- fit
+    def fit(self, model: CRMTModel, train: Mapping[str, Tensor],
+            val: Mapping[str, Tensor] | None, ctx: TrainContext) -> FitResult:
+        name = self.registered_name
+        step1 = Stage(f"{name}_step1", ctx.cfg.epochs, self.step1_loss)
+        history = run_stage(model, step1, train, val, ctx, 0)
+        self.estimate_lipschitz(model, train, ctx)
+        cached = unit_logit_table(model, train, ctx)
+        step2 = Stage(f"{name}_step2", stage_epochs(self.step2_epochs, ctx.cfg.epochs // 3),
+                      self.step2_loss(model), params=[model.head.integration],
+                      lr=self.step2_lr, weight_decay=0.0, optimizer="adamw", sharded=False,
+                      validate=False)
+        history += run_stage(model, step2, cached, None, ctx, 1)
+        info = {"lipschitz_estimators": sorted(model.lipschitz), "step2_estimator":
+                self.estimator, "step2_rival": self.rival}
+        return FitResult(model, history, info)
+
+    def estimate_lipschitz(self, model: CRMTModel, train: Mapping[str, Tensor],
+                           ctx: TrainContext) -> None:
+        """Fill both tau buffers (the spectral bound and the paper's empirical estimate)."""
+        model.estimate_spectral()
+        tau = empirical_class_lipschitz(model, train, ctx.device, self.lip_samples)
+        model.tau_empirical.copy_(tau.to(model.tau_empirical.device))
+
+    def step2_loss(self, model: CRMTModel):
+        def loss_fn(module: nn.Module, batch: Batch, info: StepInfo
+                    ) -> tuple[Tensor, dict[str, float]]:
+            loss = certified_radius_loss(model, batch["unit_logits"], batch["label"],
+                                         batch["mask"], self.estimator, self.rival)
+            return loss, {"mean_radius": -float(loss.detach())}
+        return loss_fn
+
+
+@torch.no_grad()
+def unit_logit_table(model: CRMTModel, data: Mapping[str, Tensor], ctx: TrainContext
+                     ) -> dict[str, Tensor]:
+    """{"unit_logits" (N, M, C), "label", "mask"} on CPU: step 2 trains only a, so the frozen
+    encoders' outputs are computed once instead of every epoch."""
+    was_training = model.training
+    model.eval()
+    units = []
+    for idx in batch_indices(torch.arange(dataset_size(data)), ctx.cfg.eval_batch_size):
+        batch = take(data, idx, ctx.device)
+        with autocast(ctx.cfg, ctx.device):
+            feats = model.features(inputs_of(batch, model.modalities))
+            units.append(model.head.unit_logits(feats).float().cpu())
+    model.train(was_training)
+    num = model.num_classes
+    table = torch.cat(units) if units else torch.zeros(0, len(model.modalities), num)
+    return {"unit_logits": table, "label": data["label"].cpu(), "mask": data["mask"].cpu()}
