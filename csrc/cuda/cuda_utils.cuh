@@ -16,6 +16,12 @@
 
 #define MMFAST_DEVICE __device__ __forceinline__
 
+// Each <op>_kernel.cuh defines MMFAST_<OP>_KERNEL_LIST(T): a braced list of the addresses of
+// every kernel its launcher can pick for storage type T, expanded inside namespace
+// mmfast::cuda. Referencing a kernel instantiates it, so tests/cuda/test_nvcc_compile.py
+// compiles each header for float, double, __half and __nv_bfloat16 with plain nvcc.
+#define MMFAST_KERNEL_ADDR(...) reinterpret_cast<const void*>(&__VA_ARGS__)
+
 namespace mmfast {
 namespace cuda {
 
@@ -75,6 +81,12 @@ template <typename A>
 MMFAST_DEVICE A positive_infinity() {
   return static_cast<A>(INFINITY);
 }
+
+// Explicit float / double overloads (no reliance on <cmath> overload resolution in device code).
+MMFAST_DEVICE float opmath_sqrt(float v) { return sqrtf(v); }
+MMFAST_DEVICE double opmath_sqrt(double v) { return sqrt(v); }
+MMFAST_DEVICE float opmath_pow(float a, float b) { return powf(a, b); }
+MMFAST_DEVICE double opmath_pow(double a, double b) { return pow(a, b); }
 
 // --------------------------------------------------------------------------- vector access
 // Elements per 16-byte vector: 4 float, 8 half / bfloat16, 2 double.

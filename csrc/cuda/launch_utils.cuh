@@ -11,7 +11,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
+#include <initializer_list>
+#include <optional>
 
 #include "cuda_utils.cuh"
 
@@ -82,10 +83,12 @@ T* mutable_ptr(at::Tensor& t) {
   return static_cast<T*>(t.mutable_data_ptr());
 }
 
+inline bool is_present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
 // Null for an absent optional tensor.
 template <typename T>
 const T* optional_ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? const_ptr<T>(*t) : nullptr;
+  return is_present(t) ? const_ptr<T>(*t) : nullptr;
 }
 
 inline int multiprocessor_count() {

@@ -28,7 +28,7 @@ FusionShape check_fusion_inputs(const at::Tensor& x, const at::Tensor& mask,
   TORCH_CHECK(s.M >= 1 && s.M <= kMaxModalities, "x must have 1..", kMaxModalities,
               " modalities, got M = ", s.M);
   check_arg(mask, "mask", at::kBool, {s.B, s.M}, x);
-  if (weight.has_value()) {
+  if (is_present(weight)) {
     check_arg(*weight, "weight", opmath_scalar_type(x.scalar_type()), {s.B, s.M}, x);
   }
   return s;

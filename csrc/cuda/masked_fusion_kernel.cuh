@@ -13,9 +13,9 @@
 namespace mmfast {
 namespace cuda {
 
-// w_m = weight_bm * mask_bm (weight null -> 1) for m < M, 0 beyond; returns denom = sum_m w_m.
-// A multiply rather than a select, so a non-finite weight on an absent modality propagates as
-// in the reference.
+// w_m = weight_bm * mask_bm (weight null -> 1, mask null -> all present) for m < M, 0 beyond;
+// returns denom = sum_m w_m. A multiply rather than a select, so a non-finite weight on an
+// absent modality propagates as in the reference.
 template <typename A>
 MMFAST_DEVICE A fusion_weights(const bool* mask_row, const A* weight_row, int M,
                                A w[kMaxModalities]) {
@@ -24,7 +24,7 @@ MMFAST_DEVICE A fusion_weights(const bool* mask_row, const A* weight_row, int M,
   for (int m = 0; m < kMaxModalities; ++m) {
     w[m] = A(0);
     if (m < M) {
-      const A present = mask_row[m] ? A(1) : A(0);
+      const A present = mask_row == nullptr || mask_row[m] ? A(1) : A(0);
       w[m] = weight_row == nullptr ? present : weight_row[m] * present;
       denom += w[m];
     }
@@ -155,3 +155,13 @@ __global__ void masked_fusion_backward_kernel(const T* __restrict__ grad_y,
 
 }  // namespace cuda
 }  // namespace mmfast
+
+#define MMFAST_MASKED_FUSION_KERNEL_LIST(T)                                            \
+  {                                                                                    \
+    MMFAST_KERNEL_ADDR(masked_fusion_forward_kernel<T, 1>),                            \
+        MMFAST_KERNEL_ADDR(masked_fusion_forward_kernel<T, vector_width<T>()>),        \
+        MMFAST_KERNEL_ADDR(masked_fusion_backward_kernel<T, 1, false>),                \
+        MMFAST_KERNEL_ADDR(masked_fusion_backward_kernel<T, 1, true>),                 \
+        MMFAST_KERNEL_ADDR(masked_fusion_backward_kernel<T, vector_width<T>(), false>), \
+        MMFAST_KERNEL_ADDR(masked_fusion_backward_kernel<T, vector_width<T>(), true>)  \
+  }

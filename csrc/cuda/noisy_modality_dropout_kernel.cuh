@@ -1,0 +1,120 @@
+// Raw CUDA kernels of noisy_modality_dropout (semantics: csrc/ops.cpp,
+// mmfast/ops/reference.py::noisy_modality_dropout). No torch: launched from
+// csrc/cuda/noisy_modality_dropout.cu. The random streams come from the shared
+// csrc/common/philox.h, so keep and sigma_used equal the reference bit for bit and y equals it
+// up to float32 rounding of log / cos / sin.
+//
+// Two kernels: per-sample draws (keep, sigma_used: B threads' worth), then the elementwise
+// y = keep ? x + sigma n : fill over the flattened x, where element e's normal is lane e % 4 of
+// Philox block e / 4. A thread owns whole chunks of CH = max(4, 16 bytes of T) elements, i.e.
+// whole noise blocks read and written with 16-byte vectors (when x and y are 16-byte aligned;
+// the last partial chunk and misaligned tensors use scalar accesses).
+#pragma once
+
+#if defined(__USE_FAST_MATH__)
+#error "noisy_modality_dropout must not be built with --use_fast_math: it changes logf/cosf/sinf"
+#endif
+
+#include "common/philox.h"
+#include "cuda_utils.cuh"
+
+namespace mmfast {
+namespace cuda {
+
+// keep_b = u0_b >= p_drop_b; sigma_used_b = sigma_b (or sigma_0 when shared), or with levels
+// sigma[min(floor(u1_b K), K - 1)], u1_b K rounded to float32 as the reference does.
+// p_drop and sigma with one element are shared by every row.
+__global__ void noise_per_sample_kernel(const float* __restrict__ p_drop, int64_t p_numel,
+                                        const float* __restrict__ sigma, int64_t sigma_numel,
+                                        bool sigma_levels, uint64_t seed, uint64_t offset,
+                                        int64_t B, bool* __restrict__ keep,
+                                        float* __restrict__ sigma_used) {
+  for (int64_t b = global_thread_index(); b < B; b += global_thread_count()) {
+    const Philox4 r = philox_sample(static_cast<uint64_t>(b), offset, seed);
+    keep[b] = philox_uniform(r.v[0]) >= p_drop[p_numel == 1 ? 0 : b];
+    if (sigma_levels) {
+      const float scaled = __fmul_rn(philox_uniform(r.v[1]), static_cast<float>(sigma_numel));
+      const int64_t level = static_cast<int64_t>(scaled);
+      sigma_used[b] = sigma[level < sigma_numel - 1 ? level : sigma_numel - 1];
+    } else {
+      sigma_used[b] = sigma[sigma_numel == 1 ? 0 : b];
+    }
+  }
+}
+
+template <typename T>
+constexpr int noise_chunk_elems() {
+  return vector_width<T>() > 4 ? vector_width<T>() : 4;
+}
+
+// x, y: numel elements, rows of row_elems; keep / sigma_used from noise_per_sample_kernel.
+// Noise blocks whose elements all belong to dropped rows draw nothing.
+template <typename T>
+__global__ void noisy_modality_dropout_kernel(const T* __restrict__ x,
+                                              const bool* __restrict__ keep,
+                                              const float* __restrict__ sigma_used,
+                                              uint64_t seed, uint64_t offset, opmath_t<T> fill,
+                                              int64_t numel, int64_t row_elems, bool vectorized,
+                                              T* __restrict__ y) {
+  using A = opmath_t<T>;
+  constexpr int kVec = vector_width<T>();
+  constexpr int kChunk = noise_chunk_elems<T>();
+  static_assert(kChunk % 4 == 0 && kChunk % kVec == 0, "a chunk holds whole blocks and vectors");
+  const int64_t chunks = (numel + kChunk - 1) / kChunk;
+  for (int64_t chunk = global_thread_index(); chunk < chunks; chunk += global_thread_count()) {
+    const int64_t base = chunk * kChunk;  // a multiple of 4: noise block base / 4
+    const int count = numel - base < kChunk ? static_cast<int>(numel - base) : kChunk;
+    const bool full_vectors = vectorized && count == kChunk;
+    A xv[kChunk];
+#pragma unroll
+    for (int v = 0; v < kChunk / kVec; ++v) {
+      load_opmath<T, kVec>(x + base + v * kVec, full_vectors, count - v * kVec, xv + v * kVec);
+    }
+
+    int64_t row = base / row_elems;
+    int64_t row_end = (row + 1) * row_elems;
+    A out[kChunk];
+#pragma unroll
+    for (int q = 0; q < kChunk / 4; ++q) {
+      bool kept[4];
+      float sig[4];
+      bool any_kept = false;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int i = q * 4 + j;
+        kept[j] = false;
+        sig[j] = 0.0f;
+        if (i < count) {
+          while (base + i >= row_end) {  // rows can be shorter than a chunk
+            ++row;
+            row_end += row_elems;
+          }
+          kept[j] = keep[row];
+          sig[j] = sigma_used[row];
+          any_kept = any_kept || kept[j];
+        }
+      }
+      float normal[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      if (any_kept) philox_normal4(static_cast<uint64_t>(base / 4 + q), offset, seed, normal);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        // sigma * n rounded to float32 first (no fma contraction), then added in opmath.
+        out[q * 4 + j] = kept[j] ? xv[q * 4 + j] + static_cast<A>(__fmul_rn(sig[j], normal[j]))
+                                 : fill;
+      }
+    }
+#pragma unroll
+    for (int v = 0; v < kChunk / kVec; ++v) {
+      store_opmath<T, kVec>(y + base + v * kVec, full_vectors, count - v * kVec, out + v * kVec);
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace mmfast
+
+#define MMFAST_NOISY_MODALITY_DROPOUT_KERNEL_LIST(T)          \
+  {                                                           \
+    MMFAST_KERNEL_ADDR(noise_per_sample_kernel),              \
+        MMFAST_KERNEL_ADDR(noisy_modality_dropout_kernel<T>)  \
+  }

@@ -1,0 +1,191 @@
+// Raw CUDA kernels of subset_logits and subset_accuracy (semantics: csrc/ops.cpp,
+// mmfast/ops/reference.py::subset_logits / subset_correct). No torch: launched from
+// csrc/cuda/subset_ops.cu.
+//
+// Layout: z (B, M, C) T, subsets (S, M) bool, weight (B, M) opmath or null, present (B, M)
+// bool or null, target (B,) int64. Subset s of row b fuses z_b with ws_m = subsets_sm *
+// weight_bm * present_bm and normalises by sum_m ws_m (an empty subset gives zero scores).
+#pragma once
+
+#include "cuda_utils.cuh"
+#include "masked_fusion_kernel.cuh"
+
+namespace mmfast {
+namespace cuda {
+
+// ws_m = subset_m * (weight_m * present_m) for m < M (0 beyond); returns sum_m ws_m.
+template <typename A>
+MMFAST_DEVICE A subset_weights(const bool* subset_row, const bool* present_row,
+                               const A* weight_row, int M, A ws[kMaxModalities]) {
+  fusion_weights<A>(present_row, weight_row, M, ws);
+  A denom = A(0);
+#pragma unroll
+  for (int m = 0; m < kMaxModalities; ++m) {
+    if (m < M) {
+      ws[m] = (subset_row[m] ? A(1) : A(0)) * ws[m];
+      denom += ws[m];
+    }
+  }
+  return denom;
+}
+
+// scores[s, b, :] = masked_fusion(z_b, subset_s & present_b, weight_b): a group of `lanes`
+// threads per (s, b) pair, pairs visited b-major so the S groups reading z_b run together and
+// share it in cache. VEC as in masked_fusion (16-byte vectors when C allows).
+template <typename T, int VEC>
+__global__ void subset_logits_kernel(const T* __restrict__ z, const bool* __restrict__ subsets,
+                                     const opmath_t<T>* __restrict__ weight,
+                                     const bool* __restrict__ present, int64_t B, int M,
+                                     int64_t C, int64_t S, int lanes, T* __restrict__ scores) {
+  using A = opmath_t<T>;
+  const LaneGroup g = LaneGroup::make(lanes);
+  const int64_t pairs = B * S;
+  for (int64_t p = g.first_row; p < pairs; p += g.row_step) {
+    const int64_t b = p / S;
+    const int64_t s = p - b * S;
+    A ws[kMaxModalities];
+    const A den = subset_weights<A>(subsets + s * M, present == nullptr ? nullptr : present + b * M,
+                                    weight == nullptr ? nullptr : weight + b * M, M, ws);
+    const A scale = den > A(0) ? den : A(1);
+    fuse_row<T, VEC>(z + b * M * C, ws, M, C, scale, scores + (s * B + b) * C, g.lane, g.lanes);
+  }
+}
+
+// Shared-memory carve-up of subset_accuracy_kernel, in bytes from the start (8-byte aligned
+// pieces first). The launcher sizes the dynamic shared memory with total_bytes().
+template <typename A>
+struct SubsetAccuracyLayout {
+  int tile_rows;     // R rows of z per tile
+  int tile_classes;  // CT classes of z staged at a time
+  int M;
+  int S;
+
+  __host__ __device__ int64_t counts_offset() const { return 0; }  // S uint64 counters
+  __host__ __device__ int64_t tile_offset() const { return counts_offset() + 8LL * S; }
+  __host__ __device__ int64_t tile_elems() const {
+    return static_cast<int64_t>(tile_rows) * M * tile_classes;
+  }
+  __host__ __device__ int64_t weights_offset() const {  // R x M: weight * present
+    return tile_offset() + tile_elems() * static_cast<int64_t>(sizeof(A));
+  }
+  __host__ __device__ int64_t best_value_offset() const {  // R x S running maxima
+    return weights_offset() + static_cast<int64_t>(tile_rows) * M * sizeof(A);
+  }
+  __host__ __device__ int64_t best_index_offset() const {  // R x S running argmax (int32)
+    return best_value_offset() + static_cast<int64_t>(tile_rows) * S * sizeof(A);
+  }
+  __host__ __device__ int64_t total_bytes() const {
+    return best_index_offset() + static_cast<int64_t>(tile_rows) * S * 4;
+  }
+};
+
+// correct[s] += #{b : argmax_c scores_sbc == target_b} (ties: lowest index, NaN wins), in one
+// pass over z and without materialising the (S, B, C) scores. A block takes R rows at a time
+// and stages their z in shared memory CT classes at a time; thread p owns the (row, subset)
+// pairs p, p + blockDim.x, ... and carries their running argmax in shared memory across the
+// class chunks. Hits are counted per block in shared memory, then one atomicAdd per block and
+// subset. C < 2^31 (int32 argmax).
+template <typename T>
+__global__ void subset_accuracy_kernel(const T* __restrict__ z,
+                                       const int64_t* __restrict__ target,
+                                       const bool* __restrict__ subsets,
+                                       const opmath_t<T>* __restrict__ weight,
+                                       const bool* __restrict__ present, int64_t B, int64_t C,
+                                       SubsetAccuracyLayout<opmath_t<T>> layout,
+                                       unsigned long long* __restrict__ correct) {
+  using A = opmath_t<T>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int M = layout.M, S = layout.S, R = layout.tile_rows, CT = layout.tile_classes;
+  auto* block_correct = reinterpret_cast<unsigned long long*>(smem + layout.counts_offset());
+  A* tile = reinterpret_cast<A*>(smem + layout.tile_offset());
+  A* row_weights = reinterpret_cast<A*>(smem + layout.weights_offset());
+  A* best_value = reinterpret_cast<A*>(smem + layout.best_value_offset());
+  int* best_index = reinterpret_cast<int*>(smem + layout.best_index_offset());
+  const int pairs = R * S;
+  const int tid = static_cast<int>(threadIdx.x), threads = static_cast<int>(blockDim.x);
+
+  for (int s = tid; s < S; s += threads) block_correct[s] = 0;
+  const int64_t tiles = (B + R - 1) / R;
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int64_t row0 = t * R;
+    __syncthreads();  // the previous tile's counting pass is done with the pair state
+    for (int i = tid; i < R * M; i += threads) {
+      const int64_t b = row0 + i / M;
+      const int m = i % M;
+      A w = A(0);
+      if (b < B) {
+        const A pres = present == nullptr || present[b * M + m] ? A(1) : A(0);
+        w = weight == nullptr ? pres : weight[b * M + m] * pres;
+      }
+      row_weights[i] = w;
+    }
+    for (int p = tid; p < pairs; p += threads) best_index[p] = -1;
+
+    for (int64_t c0 = 0; c0 < C; c0 += CT) {
+      const int cn = C - c0 < CT ? static_cast<int>(C - c0) : CT;
+      __syncthreads();  // the tile is free again; row_weights / best_index are visible
+      for (int i = tid; i < R * M * CT; i += threads) {
+        const int r = i / (M * CT);
+        const int rem = i - r * M * CT;
+        const int m = rem / CT;
+        const int c = rem - m * CT;
+        const int64_t b = row0 + r;
+        tile[i] = b < B && c < cn ? to_opmath(z[(b * M + m) * C + c0 + c]) : A(0);
+      }
+      __syncthreads();
+      for (int p = tid; p < pairs; p += threads) {
+        const int r = p / S;
+        const int s = p - r * S;
+        if (row0 + r >= B) continue;
+        A ws[kMaxModalities];
+        A den = A(0);
+#pragma unroll
+        for (int m = 0; m < kMaxModalities; ++m) {
+          ws[m] = A(0);
+          if (m < M) {
+            ws[m] = (subsets[s * M + m] ? A(1) : A(0)) * row_weights[r * M + m];
+            den += ws[m];
+          }
+        }
+        const A scale = den > A(0) ? den : A(1);
+        const A* tile_row = tile + static_cast<int64_t>(r) * M * CT;
+        A best = best_value[p];
+        int best_c = best_index[p];
+        for (int c = 0; c < cn; ++c) {
+          A num = A(0);
+#pragma unroll
+          for (int m = 0; m < kMaxModalities; ++m) {
+            if (m < M) num += ws[m] * tile_row[m * CT + c];
+          }
+          const A score = num / scale;
+          if (best_c < 0 || beats_max(score, best)) {
+            best = score;
+            best_c = static_cast<int>(c0 + c);
+          }
+        }
+        best_value[p] = best;
+        best_index[p] = best_c;
+      }
+    }
+    __syncthreads();
+    for (int p = tid; p < pairs; p += threads) {
+      const int r = p / S;
+      const int64_t b = row0 + r;
+      if (b < B && best_index[p] == target[b]) atomicAdd(&block_correct[p - r * S], 1ULL);
+    }
+  }
+  __syncthreads();
+  for (int s = tid; s < S; s += threads) {
+    if (block_correct[s] != 0) atomicAdd(&correct[s], block_correct[s]);
+  }
+}
+
+}  // namespace cuda
+}  // namespace mmfast
+
+#define MMFAST_SUBSET_OPS_KERNEL_LIST(T)                                 \
+  {                                                                      \
+    MMFAST_KERNEL_ADDR(subset_logits_kernel<T, 1>),                      \
+        MMFAST_KERNEL_ADDR(subset_logits_kernel<T, vector_width<T>()>),  \
+        MMFAST_KERNEL_ADDR(subset_accuracy_kernel<T>)                    \
+  }
