@@ -23,8 +23,14 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   echo "[setup] installing torch==2.13.0 (CPU build)"
   # A local wheel (find-links) when the machine has one, else the CPU-only index; never the
   # multi-GB CUDA build from the default index.
-  pipi --no-index torch==2.13.0 2>/dev/null ||
-    pipi torch==2.13.0 --index-url "${MMFAST_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+  wheels=$(mktemp -d)
+  if "$VPY" -m pip download -q --no-deps --no-index -d "$wheels" torch==2.13.0 2>/dev/null; then
+    pipi "$wheels"/torch-*.whl   # the machine's local wheel; its dependencies from PyPI
+  else
+    pipi torch==2.13.0 --index-url "${MMFAST_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" \
+      --extra-index-url https://pypi.org/simple
+  fi
+  rm -rf "$wheels"
 fi
 if ! "$VPY" -c "import triton" 2>/dev/null; then
   pipi triton==3.9.0
