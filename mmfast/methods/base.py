@@ -61,12 +61,15 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "feature_dim": self.feature_dim,
                 "widths": list(self.widths), "stem_stride": self.stem_stride,
-                "temporal": self.temporal,
+                "temporal": self.temporal, "modalities": list(self.modalities),
                 "input_shapes": {m: list(s) for m, s in self.input_shapes.items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
-        return cls(int(d["num_classes"]), {m: tuple(s) for m, s in d["input_shapes"].items()},
+        """Inverse of :meth:`to_dict` (the "modalities" list keeps the order: JSON objects may
+        come back with sorted keys)."""
+        order = d.get("modalities", list(d["input_shapes"]))
+        return cls(int(d["num_classes"]), {m: tuple(d["input_shapes"][m]) for m in order},
                    tuple(d["widths"]), int(d["feature_dim"]), int(d.get("stem_stride", 1)),
                    str(d.get("temporal", "stack")))
 
