@@ -1,0 +1,104 @@
+"""Pieces several methods share: Gaussian embeddings (reparameterisation + KL), modality-subset
+ids and uniform subset sampling, masked concatenation of features.
+
+* UDML and DMRNet both model a representation as N(mu, sigma^2): sampled in training, the mean
+  at evaluation, regularised by a KL to a Gaussian prior (:class:`GaussianEmbedding`,
+  :func:`gaussian_kl`).
+* DMRNet and MMANet both train with modality dropout drawn uniformly from the non-empty
+  subsets of the present modalities (:func:`sample_uniform_subsets`), and key per-combination
+  statistics by a subset id (:func:`subset_ids`, the row of ``mmfast.ops.all_subsets``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mmfast import ops
+
+__all__ = ["GaussianEmbedding", "gaussian_kl", "reparameterize", "subset_ids",
+           "sample_uniform_subsets", "masked_concat"]
+
+
+def reparameterize(mu: Tensor, logvar: Tensor, sample: bool) -> Tensor:
+    """mu + eps * exp(logvar / 2) with eps ~ N(0, I) when ``sample`` (training), else mu.
+
+    Sampling in training decouples the directions different inputs are pushed to; the mean
+    at evaluation makes predictions deterministic.
+    """
+    if not sample:
+        return mu
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor, prior_var: Tensor | float = 1.0) -> Tensor:
+    """(B,) KL(N(mu, sigma^2) || N(0, t I)) summed over the feature dimension.
+
+    KL = 1/2 sum_d (sigma^2 / t + mu^2 / t - log(sigma^2 / t) - 1). ``prior_var`` t is a
+    number or a (B,) tensor (UDML sets it per sample from the injected noise level; DMRNet
+    uses the standard normal, t = 1).
+    """
+    if mu.shape != logvar.shape:
+        raise ValueError(f"gaussian_kl: mu and logvar must have the same shape, got "
+                         f"{tuple(mu.shape)} and {tuple(logvar.shape)}")
+    mu, logvar = mu.float(), logvar.float()
+    t = torch.as_tensor(prior_var, dtype=torch.float32, device=mu.device)
+    if t.dim() == 1:
+        t = t.unsqueeze(1)
+    log_ratio = logvar - torch.log(t)
+    return 0.5 * (torch.exp(log_ratio) + mu.pow(2) / t - log_ratio - 1.0).sum(dim=1)
+
+
+class GaussianEmbedding(nn.Module):
+    """x (B, d_in) -> (s, mu, logvar), each (B, d_out): mu = W_mu x + b, logvar = W_v x + b,
+    s sampled in training and equal to mu in eval mode.
+
+    No BatchNorm (the papers put BN after both linear maps): inputs with zero-filled missing
+    modalities would corrupt its statistics, the reason the encoders have none either.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        if in_dim < 1 or out_dim < 1:
+            raise ValueError(f"GaussianEmbedding needs in_dim >= 1 and out_dim >= 1, got "
+                             f"{in_dim}, {out_dim}")
+        self.mu = nn.Linear(in_dim, out_dim)
+        self.logvar = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mu, logvar = self.mu(x), self.logvar(x)
+        return reparameterize(mu, logvar, self.training), mu, logvar
+
+
+def subset_ids(mask: Tensor) -> Tensor:
+    """(B,) int64 row of ``ops.all_subsets(M)`` each mask row equals (bitmask - 1; -1 if empty)."""
+    if mask.dim() != 2:
+        raise ValueError(f"subset_ids: mask must be (B, M), got shape {tuple(mask.shape)}")
+    bits = 2 ** torch.arange(mask.shape[1], device=mask.device)
+    return (mask.long() * bits).sum(dim=1) - 1
+
+
+def sample_uniform_subsets(present: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """(B, M) bool: per row, one non-empty subset of its present modalities, uniformly.
+
+    DMRNet's and MMANet's modality dropout ({a}, {v}, {a, v} each 1/3 for two modalities).
+    Every subset of ``ops.all_subsets`` gets a uniform score, the ones not inside the row's
+    present set are excluded, and the arg-max wins: exactly uniform over the allowed subsets.
+    Rows with nothing present stay empty. ``generator`` lives on the CPU (resume-safe seeds).
+    """
+    if present.dim() != 2 or present.dtype != torch.bool:
+        raise ValueError(f"sample_uniform_subsets: present must be bool (B, M), got "
+                         f"{present.dtype} {tuple(present.shape)}")
+    subsets = ops.all_subsets(present.shape[1], device=present.device)  # (S, M)
+    allowed = ~(subsets.unsqueeze(0) & ~present.unsqueeze(1)).any(dim=2)  # (B, S)
+    score = torch.rand(allowed.shape, generator=generator).to(present.device)
+    choice = score.masked_fill(~allowed, -1.0).argmax(dim=1)
+    return subsets[choice] & present
+
+
+def masked_concat(features: Sequence[Tensor], mask: Tensor) -> Tensor:
+    """(B, sum d_m): [f_1 * p_1, ..., f_M * p_M], absent modalities contributing zeros."""
+    present = mask.to(features[0].dtype)
+    return torch.cat([f * present[:, m, None] for m, f in enumerate(features)], dim=1)
