@@ -7,6 +7,9 @@ ids and uniform subset sampling, masked concatenation of features.
 * DMRNet and MMANet both train with modality dropout drawn uniformly from the non-empty
   subsets of the present modalities (:func:`sample_uniform_subsets`), and key per-combination
   statistics by a subset id (:func:`subset_ids`, the row of ``mmfast.ops.all_subsets``).
+* One-stage distillation's joint adaptation network and TRML's missing modality inference
+  module both generate a modality's representation from the other present modalities
+  (:class:`CrossModalGenerator`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from torch import Tensor, nn
 from mmfast import ops
 
 __all__ = ["GaussianEmbedding", "gaussian_kl", "reparameterize", "subset_ids",
-           "sample_uniform_subsets", "masked_concat"]
+           "sample_uniform_subsets", "masked_concat",
+           "CrossModalGenerator"]
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, sample: bool) -> Tensor:
@@ -102,3 +106,43 @@ def masked_concat(features: Sequence[Tensor], mask: Tensor) -> Tensor:
     """(B, sum d_m): [f_1 * p_1, ..., f_M * p_M], absent modalities contributing zeros."""
     present = mask.to(features[0].dtype)
     return torch.cat([f * present[:, m, None] for m, f in enumerate(features)], dim=1)
+
+
+class CrossModalGenerator(nn.Module):
+    """Generates target modalities' features from the *other* modalities that are present.
+
+    For target t: MLP_t([masked_concat of every modality n != t, presence bits of n != t])
+    -> (B, d_t). Absent sources contribute zeros and their bit says so, so one network serves
+    every missing pattern, and the output never depends on an absent modality's content (nor
+    on the target's own features: a generated representation must exist when t is missing).
+    """
+
+    def __init__(self, feature_dims: Sequence[int], targets: Sequence[int], hidden: int = 64):
+        super().__init__()
+        self.feature_dims = tuple(int(d) for d in feature_dims)
+        self.targets = tuple(int(t) for t in targets)
+        m = len(self.feature_dims)
+        if m < 2 or hidden < 1 or not self.targets or not all(0 <= t < m for t in self.targets):
+            raise ValueError(f"CrossModalGenerator needs >= 2 modalities, hidden >= 1 and "
+                             f"targets in [0, {m}), got {m}, {hidden}, {self.targets}")
+        total = sum(self.feature_dims)
+        self.nets = nn.ModuleList(
+            nn.Sequential(nn.Linear(total - self.feature_dims[t] + m - 1, hidden), nn.ReLU(),
+                          nn.Linear(hidden, self.feature_dims[t]))
+            for t in self.targets)
+
+    def forward(self, features: Sequence[Tensor], mask: Tensor) -> list[Tensor]:
+        """One (B, d_t) tensor per target, in ``targets`` order."""
+        if len(features) != len(self.feature_dims) or mask.shape != (features[0].shape[0],
+                                                                      len(self.feature_dims)):
+            raise ValueError(f"CrossModalGenerator expects {len(self.feature_dims)} features and "
+                             f"a (B, {len(self.feature_dims)}) mask, got {len(features)} and "
+                             f"{tuple(mask.shape)}")
+        out = []
+        for t, net in zip(self.targets, self.nets):
+            others = [n for n in range(len(features)) if n != t]
+            sources = mask[:, others]
+            x = torch.cat([masked_concat([features[n] for n in others], sources),
+                           sources.to(features[0].dtype)], dim=1)
+            out.append(net(x))
+        return out
