@@ -225,7 +225,8 @@ def _train_epoch(model, module, stage, train, n, optimizer, scaler, params, ctx,
         with autocast(cfg, device):
             loss, metrics = stage.loss_fn(module, batch, info)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"stage {stage.name!r}: non-finite loss {float(loss.detach())} at "
+            value = float(loss.detach())
+            raise FloatingPointError(f"stage {stage.name!r}: non-finite loss {value} at "
                                      f"epoch {epoch}, step {step}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -1,0 +1,180 @@
+import math
+
+import pytest
+import torch
+
+from mmfast import ops
+from mmfast.methods import ModelSpec, create_method
+from mmfast.methods.crmt import certified_radius_loss, margin_regularizer, unit_logit_table
+from mmfast.methods.lipschitz import (
+    empirical_class_lipschitz,
+    encoder_lipschitz_bound,
+    layer_bound,
+    pair_table,
+)
+from mmfast.nn.heads import normalized_rows
+from mmfast.nn.model import CertifiableModel
+from mmfast.train import fit_method, load_checkpoint
+from mmfast.train.distributed import DistContext
+from mmfast.train.engine import TrainContext
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_module, tmp_path_factory):
+    from mmfast.train import TrainConfig
+
+    cfg = TrainConfig(epochs=2, batch_size=96, lr=5e-3, widths=(4, 8), feature_dim=8,
+                      progress=False, device="cpu")
+    run = tmp_path_factory.mktemp("crmt")
+    torch.set_num_threads(1)
+    model, stats = fit_method("crmt", *tiny_data_module, cfg, run, step2_epochs=5,
+                              lip_samples=48)
+    return model, stats, run, cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_data_module():
+    from mmfast.train.synthetic import synthetic_split
+
+    return synthetic_split(96, seed=1, missing_rate=0.2), synthetic_split(48, seed=2)
+
+
+def test_normalised_rows_are_zero_mean_unit_norm(trained):
+    model = trained[0]
+    for m in range(len(model.modalities)):
+        w = model.head.normalized_weight(m)
+        assert torch.allclose(w.mean(dim=1), torch.zeros(w.shape[0]), atol=1e-6)
+        assert torch.allclose(w.norm(dim=1), torch.ones(w.shape[0]), atol=1e-5)
+    raw = torch.randn(5, 7) * 10 + 3
+    assert torch.allclose(normalized_rows(raw).sum(1), torch.zeros(5), atol=1e-5)
+
+
+def test_margin_regulariser_matches_the_formula_and_is_stable():
+    z = torch.randn(6, 3, 5)
+    y = torch.randint(5, (6,))
+    mask = torch.ones(6, 3, dtype=torch.bool)
+    e = z.exp()
+    naive = torch.log((e.sum(2) * torch.exp(-z.gather(2, y.view(-1, 1, 1).expand(-1, 3, 1))
+                                            .squeeze(2)) - 1).sum(1) + 1e-5)
+    assert torch.allclose(margin_regularizer(z, y, mask), naive, atol=1e-5)
+    huge = margin_regularizer(z * 1e4, y, mask)  # exp overflows in the official form
+    assert torch.isfinite(huge).all()
+    mask[:, 1] = False  # an absent modality contributes nothing
+    assert torch.allclose(margin_regularizer(z, y, mask),
+                          margin_regularizer(z[:, [0, 2]], y, mask[:, [0, 2]]), atol=1e-6)
+
+
+def test_step2_changes_only_integration_weights_and_raises_the_bound(trained, tiny_data_module):
+    model, stats, run, cfg = trained
+    assert stats["epochs"] == {"crmt_step1": 2, "crmt_step2": 5}
+    assert stats["step2_estimator"] == "empirical" and stats["step2_rival"] == "top"
+    after_step1, _ = load_checkpoint(run / "checkpoints" / "crmt_step1.pt")
+    final = model.state_dict()
+    for key, value in after_step1["model"].items():
+        if key.startswith("tau_"):
+            continue
+        changed = not torch.equal(value, final[key])
+        assert changed == (key == "head.integration"), key
+    table = unit_logit_table(model, tiny_data_module[0], TrainContext(cfg, DistContext()))
+    args = (table["unit_logits"], table["label"], table["mask"], "empirical", "top")
+    with torch.no_grad():
+        after = -certified_radius_loss(model, *args)
+        model.head.integration.copy_(after_step1["model"]["head.integration"])
+        before = -certified_radius_loss(model, *args)
+        model.head.integration.copy_(final["head.integration"])
+    assert after >= before - 1e-6
+
+
+def test_model_is_certifiable_with_both_labelled_estimators(trained):
+    model = trained[0]
+    assert isinstance(model, CertifiableModel)
+    assert set(model.lipschitz) == {"empirical", "spectral"}
+    for table in model.lipschitz.values():
+        assert table.shape == (3, model.num_classes, model.num_classes)
+        assert torch.isfinite(table).all() and (table >= 0).all()
+
+
+def test_spectral_bound_dominates_empirical_and_actual_ratios(trained, tiny_data_module):
+    model = trained[0].eval()
+    spectral, empirical = model.tau("spectral"), model.tau("empirical")
+    assert (spectral >= empirical).all()
+    assert (pair_table(spectral, model.head.integration) >=
+            pair_table(empirical, model.head.integration)).all()
+    lip = model.lipschitz["spectral"]
+    data = tiny_data_module[0]
+    gen = torch.Generator().manual_seed(0)
+    x = {m: data[m][:16] for m in model.modalities}
+    mask = torch.ones(16, 3, dtype=torch.bool)
+    with torch.no_grad():
+        z0, _ = model.certify_scores(x, mask)
+        for i, m in enumerate(model.modalities):
+            for scale in (1e-3, 1e-1, 3.0):
+                delta = torch.randn(x[m].shape, generator=gen) * scale
+                z1, _ = model.certify_scores({**x, m: x[m] + delta}, mask)
+                dz = (z1 - z0)[:, i]  # (B, C): change of modality m's folded scores
+                pair = (dz.unsqueeze(2) - dz.unsqueeze(1)).abs()  # |delta(z_y - z_k)|
+                ratio = pair / delta.flatten(1).norm(dim=1).view(-1, 1, 1)
+                assert (ratio <= lip[i].unsqueeze(0) + 1e-6).all()
+
+
+def test_certified_radius_is_respected_by_perturbations(trained, tiny_data_module):
+    model = trained[0].eval()
+    data = tiny_data_module[0]
+    x = {m: data[m][:32] for m in model.modalities}
+    mask = data["mask"][:32]
+    with torch.no_grad():
+        z, bias = model.certify_scores(x, mask)
+        pred = model(x, mask).logits.argmax(1)
+        radius, _, _ = ops.certified_margin(z, pred, model.lipschitz["spectral"], mask, bias,
+                                            2.0, "min")
+        assert (radius > 0).all()  # certified robustness w.r.t. the prediction
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            delta = {m: torch.randn(v.shape, generator=gen) for m, v in x.items()}
+            norm = torch.sqrt(sum(d.flatten(1).pow(2).sum(1) for d in delta.values()))
+            scale = 0.99 * radius / norm  # a joint l2 step just inside the certified ball
+            moved = {m: v + delta[m] * scale.view(-1, *[1] * (v.dim() - 1))
+                     for m, v in x.items()}
+            assert torch.equal(model(moved, mask).logits.argmax(1), pred)
+
+
+def test_empirical_estimate_resets_gradients_per_class(trained, tiny_data_module):
+    model = trained[0].eval()
+    data = {k: v[:8] for k, v in tiny_data_module[0].items()}
+    tau = empirical_class_lipschitz(model, data, torch.device("cpu"), batch_size=4)
+    for k in (0, model.num_classes - 1):  # brute force: a fresh graph per (class, sample)
+        for i, m in enumerate(model.modalities):
+            best = 0.0
+            for b in range(8):
+                if not data["mask"][b, i]:
+                    continue
+                x = {n: data[n][b:b + 1].clone().requires_grad_(n == m) for n in model.modalities}
+                unit = model.head.unit_logits(model.features(x))[0, i, k]
+                (g,) = torch.autograd.grad(unit, x[m])
+                best = max(best, float(g.norm()))
+            assert tau[i, k] == pytest.approx(best, rel=1e-4)
+
+
+def test_layer_bounds_are_upper_bounds_of_the_true_operator_norm():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1, stride=2)
+    x = torch.randn(1, 3, 12, 12)
+    for _ in range(200):  # power iteration on the linear part: a lower estimate of ||conv||
+        x = x.detach()
+        y = torch.nn.functional.conv2d(x, conv.weight, None, 2, 1)
+        x = torch.nn.grad.conv2d_input(x.shape, conv.weight, y, 2, 1)
+        x = x / x.norm()
+    with torch.no_grad():
+        estimate = torch.nn.functional.conv2d(x, conv.weight, None, 2, 1).norm()
+    assert layer_bound(conv, (3, 12, 12)) >= float(estimate)
+    assert layer_bound(torch.nn.MaxPool2d(2), (3, 8, 8)) == 1.0
+    assert layer_bound(torch.nn.AdaptiveAvgPool2d(1), (3, 4, 4)) == pytest.approx(0.25)
+    with pytest.raises(TypeError, match="BatchNorm2d"):
+        layer_bound(torch.nn.BatchNorm2d(3), (3, 4, 4))
+    spec = ModelSpec.from_data({"video": torch.zeros(1, 4, 1, 8, 8), "label": torch.ones(1).long(),
+                                "mask": torch.ones(1, 1, dtype=torch.bool)}, (4,), 4,
+                               temporal="frames")
+    enc = create_method("crmt").build_model(spec).encoders["video"]
+    frame = encoder_lipschitz_bound(enc.frame, (1, 8, 8))
+    assert encoder_lipschitz_bound(enc, (4, 1, 8, 8)) == pytest.approx(frame / 2)
+    assert math.isfinite(frame)
