@@ -6,10 +6,11 @@ results; ``write_report(run_dirs, out_dir)`` turns run folders into report.md + 
 
 from mmfast.eval.attacks import fgm, pgd_l2
 from mmfast.eval.common import EvalConfig, list_protocols, register_protocol, write_json_atomic
-from mmfast.eval.protocols import run_protocols
+from mmfast.eval.protocols import evaluate_run, run_protocols
 
 __all__ = [
     "EvalConfig",
+    "evaluate_run",
     "fgm",
     "list_protocols",
     "pgd_l2",

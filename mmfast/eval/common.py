@@ -23,6 +23,7 @@ from mmfast.nn.model import MODALITIES
 
 __all__ = [
     "EvalConfig",
+    "EVAL_PRESETS",
     "PROTOCOLS",
     "register_protocol",
     "list_protocols",
@@ -55,8 +56,13 @@ def register_protocol(name: str) -> Callable[[Protocol], Protocol]:
     return decorate
 
 
+#: Report order of the built-in protocols (issue items a-e); others follow in registration order.
+_ORDER = ("missing_subsets", "missing_rate", "noise", "attack", "certify")
+
+
 def list_protocols() -> list[str]:
-    return list(PROTOCOLS)
+    """Registered protocol names, built-ins first in the order (a)-(e)."""
+    return sorted(PROTOCOLS, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER)))
 
 
 def _tenths() -> tuple[float, ...]:
@@ -77,11 +83,11 @@ class EvalConfig:
     missing_rates: tuple[float, ...] = field(default_factory=_tenths)
     gaussian_sigmas: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
     salt_pepper_densities: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4)
-    attack_eps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
+    attack_eps: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
     attack_steps: int = 4
     attack_samples: int | None = 512  # rows attacked (a seeded random subset); None = all
     clamp: dict[str, tuple[float, float]] | None = None  # valid input range per modality
-    certify_radii: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+    certify_radii: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
     certify_check_eps: tuple[float, ...] | None = None  # soundness-check PGD budgets (None:
     # attack_eps); a certified radius beyond a misclassified PGD example is a violation
 
@@ -100,6 +106,13 @@ class EvalConfig:
                 raise ValueError(f"EvalConfig.{name}: expected values >= 0, got {bad}")
 
     @classmethod
+    def preset(cls, name: str, **overrides: Any) -> EvalConfig:
+        """Named sweeps: "small" (the 15-minute CPU demo) or "gpu" (denser, every row)."""
+        if name not in EVAL_PRESETS:
+            raise ValueError(f"preset: expected one of {sorted(EVAL_PRESETS)}, got {name!r}")
+        return cls(**{**EVAL_PRESETS[name], **overrides})
+
+    @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> EvalConfig:
         """Build from JSON-like values (lists become tuples), rejecting unknown keys."""
         known = {f.name for f in fields(cls)}
@@ -114,6 +127,16 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: Named EvalConfig overrides (see :meth:`EvalConfig.preset`).
+EVAL_PRESETS: dict[str, dict[str, Any]] = {
+    "small": {"attack_samples": 100, "attack_eps": (0.0, 0.5, 1.0, 2.0)},
+    "gpu": {"batch_size": 512, "attack_samples": None,
+            "gaussian_sigmas": (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
+            "salt_pepper_densities": (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4),
+            "attack_eps": (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)},
+}
 
 
 # ----------------------------------------------------------------------------- batching

@@ -7,8 +7,10 @@ noise, attack, certify); a new protocol registers itself with
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from torch import Tensor, nn
 
@@ -21,9 +23,10 @@ from mmfast.eval.common import (
     predict,
     split_inputs,
     to_jsonable,
+    write_json_atomic,
 )
 
-__all__ = ["run_protocols"]
+__all__ = ["run_protocols", "evaluate_run", "EVAL_FILE"]
 
 
 def run_protocols(
@@ -57,3 +60,18 @@ def run_protocols(
     finally:
         model.train(was_training)
     return to_jsonable(result)
+
+
+#: The file ``run_protocols`` results are stored in, inside a run folder.
+EVAL_FILE = "eval.json"
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike, model: nn.Module, data: Mapping[str, Tensor],
+    cfg: EvalConfig | None = None, method: str | None = None, log=None,
+) -> Path:
+    """``run_protocols`` and write the results to ``run_dir/eval.json`` atomically."""
+    result = run_protocols(model, data, cfg, log=log)
+    if method is not None:
+        result = {"method": method, **result}
+    return write_json_atomic(Path(run_dir) / EVAL_FILE, result)
