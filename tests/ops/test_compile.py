@@ -19,8 +19,9 @@ def all_ops_step(x, mask, weight, z, target, lip, backend):
     return loss, acc, keep
 
 
-@pytest.mark.parametrize("backend,device", [("cpp", "cpu"), ("reference", "cpu"),
-                                            ("cuda", "cuda"), ("triton", "cuda")])
+# The reference path under compile is exercised by the benchmarks' "compile" provider; CI
+# compiles the kernel backends only (each compile costs tens of seconds on 2 cores).
+@pytest.mark.parametrize("backend,device", [("cpp", "cpu"), ("cuda", "cuda"), ("triton", "cuda")])
 def test_fullgraph_forward_backward(backend, device):
     for op in ALL_OPS:
         dev = require(op, backend, device)
