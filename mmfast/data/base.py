@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from mmfast.data.arrays import is_array_ref, row_shape
 from mmfast.data.manifest import Manifest, epoch_order, read_manifest, shard
 from mmfast.data.probe import probe
 from mmfast.data.specs import DataSpec
@@ -28,7 +29,9 @@ class LoaderBase:
 
     ``paths[row][m]`` is the file to decode for row ``row`` and modality ``modalities[m]``, or
     None when the modality is absent: left empty by the manifest, or listed but not decodable
-    (the latter are in ``problems`` and reported once as a RuntimeWarning).
+    (the latter are in ``problems`` and reported once as a RuntimeWarning). A modality whose
+    paths are ``.npy`` rows is in ``array_shapes`` (its per-sample shape) and is read, not
+    decoded.
     """
 
     def __init__(self, data: str | os.PathLike | Manifest, split: str, batch_size: int, *,
@@ -59,19 +62,37 @@ class LoaderBase:
         self._epoch = 0
         self.paths: list[list[Path | None]] = [
             [self.manifest.path(s, m) for m in self.modalities] for s in self.samples]
-        if check_files:
-            self._drop_undecodable(probe_device)
-
-    def _drop_undecodable(self, probe_device: str) -> None:
+        #: modality -> per-sample array shape, for modalities stored as .npy rows
+        self.array_shapes: dict[str, tuple[int, ...]] = {}
+        for m, modality in enumerate(self.modalities):
+            listed = [row[m] for row in self.paths if row[m] is not None]
+            arrays = [is_array_ref(p) for p in listed]
+            if any(arrays) and not all(arrays):
+                raise ValueError(f"manifest: modality {modality!r} mixes .npy arrays and "
+                                 f"encoded files; expected one kind per modality")
+            if any(arrays):
+                self.array_shapes[modality] = ()  # set by the first readable row
         for row, sample in enumerate(self.samples):
             for m, modality in enumerate(self.modalities):
-                if self.paths[row][m] is None:
+                path = self.paths[row][m]
+                if path is None or (modality not in self.array_shapes and not check_files):
                     continue
-                reason = probe(modality, self.paths[row][m], probe_device)
+                reason = self._check(modality, path, probe_device)
                 if reason is not None:
                     self.problems[modality].append((sample.id, reason))
                     self.paths[row][m] = None
         self._warn_problems()
+
+    def _check(self, modality: str, path: Path, probe_device: str) -> str | None:
+        if modality not in self.array_shapes:
+            return probe(modality, path, probe_device)
+        try:
+            shape = row_shape(path)
+        except Exception as exc:
+            return f"unreadable array ({type(exc).__name__}: {exc})"
+        expected = self.array_shapes[modality] or shape
+        self.array_shapes[modality] = expected
+        return None if shape == expected else f"array shape {shape}, expected {expected}"
 
     def record_problem(self, modality: str, row: int, reason: str) -> None:
         """Count a file that failed while loading (e.g. deleted since construction)."""

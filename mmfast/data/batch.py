@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from mmfast.data.arrays import finish_array
 from mmfast.data.finish import finish_log_mel, finish_pixels
 from mmfast.data.specs import DataSpec
 
 
 def make_batch(raw: Mapping[str, Tensor], present: Tensor, label: Tensor, index: Tensor,
-               modalities: Sequence[str], spec: DataSpec, device: torch.device
-               ) -> dict[str, Tensor]:
-    """Finish decoded arrays (uint8 HWC pixels, log-mel dB) into model inputs on ``device`` and
-    zero the rows of absent modalities (``present`` bool (B, M), columns in ``modalities``
-    order), so a stand-in decoded for a missing file never leaks into a batch."""
+               modalities: Sequence[str], spec: DataSpec, device: torch.device,
+               array_modalities: Container[str] = ()) -> dict[str, Tensor]:
+    """Finish decoded arrays (uint8 HWC pixels, log-mel dB, or ``.npy`` samples for
+    ``array_modalities``) into model inputs on ``device`` and zero the rows of absent
+    modalities (``present`` bool (B, M), columns in ``modalities`` order), so a stand-in
+    decoded for a missing file never leaks into a batch."""
     present = present.to(device)
     batch: dict[str, Tensor] = {}
     for m, modality in enumerate(modalities):
         x = raw[modality].to(device, non_blocking=True)
-        if modality == "audio":
+        if modality in array_modalities:
+            x = finish_array(x, modality, spec)
+        elif modality == "audio":
             x = finish_log_mel(x, spec.audio.cutoff_db)
         else:
             x = finish_pixels(x, getattr(spec, modality).channels)

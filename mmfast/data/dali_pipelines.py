@@ -12,7 +12,7 @@ decoding and resizing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
@@ -76,9 +76,11 @@ def build_pipeline(
     num_threads: int = 2,
     prefetch: int = 2,
     seed: int = 0,
+    array_ndims: Mapping[str, int] | None = None,
 ) -> Pipeline:
     """A pipeline whose outputs are one tensor per modality (in ``modalities`` order) then the
-    int64 metadata rows passed through from ``source``.
+    int64 metadata rows passed through from ``source``. Modalities in ``array_ndims`` are fed
+    as pre-decoded float32 arrays of that many dimensions and passed through.
 
     ``source()`` returns, per batch, one list of encoded byte arrays per modality and a list of
     int64 metadata rows; it raises StopIteration at the end of an epoch (DALI then stops after
@@ -95,10 +97,14 @@ def build_pipeline(
                     device_id=device_id if decode_device == "gpu" else None,
                     prefetch_queue_depth=prefetch, seed=seed)
     with pipe:
-        inputs = fn.external_source(source=source, num_outputs=len(modalities) + 1, batch=True,
-                                    dtype=[types.UINT8] * len(modalities) + [types.INT64],
-                                    ndim=[1] * len(modalities) + [1])
-        outputs = [BRANCHES[m](inputs[i], getattr(spec, m), decode_device)
+        arrays = dict(array_ndims or {})
+        inputs = fn.external_source(
+            source=source, num_outputs=len(modalities) + 1, batch=True,
+            dtype=[types.FLOAT if m in arrays else types.UINT8 for m in modalities]
+            + [types.INT64],
+            ndim=[arrays.get(m, 1) for m in modalities] + [1])
+        outputs = [inputs[i] if m in arrays else BRANCHES[m](inputs[i], getattr(spec, m),
+                                                              decode_device)
                    for i, m in enumerate(modalities)]
         pipe.set_outputs(*outputs, inputs[-1])
     return pipe

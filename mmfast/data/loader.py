@@ -12,13 +12,14 @@ are counted and reported once, as a warning, and listed in ``loader.problems``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from mmfast.data.arrays import read_array
 from mmfast.data.base import LoaderBase
 from mmfast.data.batch import collate, empty_batch, make_batch
 from mmfast.data.dali_pipelines import build_pipeline
@@ -54,18 +55,27 @@ def resolve_decode_device(decode_device: str) -> str:
     return decode_device
 
 
+def _read_encoded(path: Path) -> np.ndarray:
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise OSError("empty file")
+    return data
+
+
 class _BatchSource:
-    """DALI external source: reads the encoded files of the next batch of the current order.
+    """DALI external source: reads the next batch of the current order, per modality with
+    ``readers[m]`` (encoded bytes, or a pre-decoded array).
 
     The last batch is padded to the pipeline's batch size by repeating a row flagged invalid;
-    a file that cannot be read is replaced by a placeholder and flagged absent.
+    an absent or unreadable file is replaced by ``stand_ins[m]`` and flagged absent.
     """
 
     # metadata row layout: index, label, valid, present[0..M)
     def __init__(self, paths: list[list[Path | None]], labels: list[int], batch_size: int,
-                 modalities: Sequence[str], on_read_error) -> None:
-        self._paths, self._labels = paths, labels
-        self._batch_size, self._modalities = batch_size, tuple(modalities)
+                 readers: Sequence[Callable[[Path], np.ndarray]],
+                 stand_ins: Sequence[np.ndarray], on_read_error) -> None:
+        self._paths, self._labels, self._batch_size = paths, labels, batch_size
+        self._readers, self._stand_ins = tuple(readers), tuple(stand_ins)
         self._on_read_error = on_read_error
         self._order: list[int] = []
         self._pos = 0
@@ -76,15 +86,12 @@ class _BatchSource:
     def _read(self, row: int, m: int) -> tuple[np.ndarray, bool]:
         path = self._paths[row][m]
         if path is None:
-            return placeholder(self._modalities[m]), False
+            return self._stand_ins[m], False
         try:
-            data = np.fromfile(path, dtype=np.uint8)
-            if data.size == 0:
-                raise OSError("empty file")
-            return data, True
-        except OSError as exc:
-            self._on_read_error(self._modalities[m], row, f"read failed ({exc})")
-            return placeholder(self._modalities[m]), False
+            return self._readers[m](path), True
+        except (OSError, ValueError) as exc:
+            self._on_read_error(m, row, f"read failed ({exc})")
+            return self._stand_ins[m], False
 
     def __call__(self):
         if self._pos >= len(self._order):
@@ -93,11 +100,11 @@ class _BatchSource:
         self._pos += len(rows)
         valid = [1] * len(rows) + [0] * (self._batch_size - len(rows))
         rows = rows + [rows[-1]] * (self._batch_size - len(rows))
-        columns: list[list[np.ndarray]] = [[] for _ in self._modalities]
+        columns: list[list[np.ndarray]] = [[] for _ in self._readers]
         meta = []
         for row, ok in zip(rows, valid):
             present = []
-            for m in range(len(self._modalities)):
+            for m in range(len(self._readers)):
                 data, here = self._read(row, m)
                 columns[m].append(data)
                 present.append(int(here))
@@ -153,15 +160,21 @@ class MultiModalLoader(LoaderBase):
             device = f"cuda:{self._device_id}" if self.decode_device == "gpu" else "cpu"
         self.device = torch.device(device)
         self.num_threads, self.prefetch = num_threads, prefetch
-        self._source = _BatchSource(self.paths, [s.label for s in self.samples], batch_size,
-                                    self.modalities, self.record_problem)
+        readers = [read_array if m in self.array_shapes else _read_encoded
+                   for m in self.modalities]
+        stand_ins = [np.zeros(self.array_shapes[m], np.float32) if m in self.array_shapes
+                     else placeholder(m) for m in self.modalities]
+        self._source = _BatchSource(
+            self.paths, [s.label for s in self.samples], batch_size, readers, stand_ins,
+            lambda m, row, reason: self.record_problem(self.modalities[m], row, reason))
         self._pipe = None
 
     def _new_pipeline(self):
         return build_pipeline(self.modalities, self._source, self.spec, self.batch_size,
                               decode_device=self.decode_device, device_id=self._device_id,
                               num_threads=self.num_threads, prefetch=self.prefetch,
-                              seed=self.seed)
+                              seed=self.seed,
+                              array_ndims={m: len(s) for m, s in self.array_shapes.items()})
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         order = self.next_epoch_order()
@@ -188,7 +201,7 @@ class MultiModalLoader(LoaderBase):
         raw = {m: _to_torch(outputs[i], self.device)[valid.to(self.device)]
                for i, m in enumerate(self.modalities)}
         return make_batch(raw, meta[:, 3:].bool(), meta[:, 1], meta[:, 0], self.modalities,
-                          self.spec, self.device)
+                          self.spec, self.device, self.array_shapes)
 
 
 def load_split(data: str | os.PathLike | Manifest, split: str, *,

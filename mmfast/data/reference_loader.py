@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from mmfast.data.arrays import read_array
 from mmfast.data.base import LoaderBase
 from mmfast.data.batch import collate, empty_batch, make_batch
 from mmfast.data.manifest import Manifest
@@ -129,12 +130,16 @@ class ReferenceLoader(LoaderBase):
         if path is None:
             return None
         try:
+            if modality in self.array_shapes:
+                return read_array(path)
             return _DECODERS[modality](path, getattr(self.spec, modality))
         except Exception:
             self.record_problem(modality, row, probe(modality, path) or "decode failed")
             return None
 
     def _stand_in(self, modality: str) -> np.ndarray:
+        if modality in self.array_shapes:
+            return np.zeros(self.array_shapes[modality], np.float32)
         s = getattr(self.spec, modality)
         if modality == "audio":
             return np.zeros((s.n_mels, s.num_frames), np.float32)
@@ -155,7 +160,7 @@ class ReferenceLoader(LoaderBase):
                 raw[modality] = torch.from_numpy(np.stack(arrays))
             labels = torch.tensor([self.samples[r].label for r in rows])
             yield make_batch(raw, present, labels, torch.tensor(rows), self.modalities,
-                             self.spec, self.device)
+                             self.spec, self.device, self.array_shapes)
 
 
 def reference_load_split(data: str | os.PathLike | Manifest, split: str, *,
