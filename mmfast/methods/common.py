@@ -146,3 +146,8 @@ class CrossModalGenerator(nn.Module):
                            sources.to(features[0].dtype)], dim=1)
             out.append(net(x))
         return out
+
+
+def subset_label(subset: Tensor, names: Sequence[str]) -> str:
+    """"video+audio" for a (M,) bool subset row (for train_stats.json and reports)."""
+    return "+".join(n for n, keep in zip(names, subset.tolist()) if keep)

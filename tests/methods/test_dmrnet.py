@@ -1,0 +1,127 @@
+"""DMRNet: sampling in training / the mean in evaluation, the KL term, per-combination variance
+mining and the hard-combination regulariser."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmfast.methods import create_method
+from mmfast.methods.base import ModelSpec
+from mmfast.methods.common import gaussian_kl, sample_uniform_subsets, subset_ids
+from mmfast.methods.dmrnet import hard_combination_loss
+from mmfast.train.api import fit_method, load_model
+from mmfast.train.engine import StepInfo
+
+
+def _model(data, cfg, **hparams):
+    method = create_method("dmrnet", **hparams)
+    torch.manual_seed(0)
+    return method, method.build_model(ModelSpec.from_data(data, cfg.widths, cfg.feature_dim))
+
+
+def test_samples_in_train_mode_and_is_deterministic_in_eval(tiny_data, tiny_cfg):
+    train, _ = tiny_data
+    _, model = _model(train, tiny_cfg)
+    batch = {m: train[m][:16] for m in model.modalities}
+    mask = train["mask"][:16]
+    model.train()
+    with torch.no_grad():
+        a, b = model(batch, mask), model(batch, mask)
+    assert not torch.allclose(a.logits, b.logits)
+    torch.testing.assert_close(a.aux["mu"], b.aux["mu"])  # same Gaussian, different draws
+    spread = (a.aux["embedding"] - a.aux["mu"]) / torch.exp(0.5 * a.aux["logvar"])
+    assert 0.5 < float(spread.std()) < 1.5  # eps ~ N(0, 1)
+    model.eval()
+    with torch.no_grad():
+        c, d = model(batch, mask), model(batch, mask)
+    torch.testing.assert_close(c.logits, d.logits, rtol=0, atol=0)
+    torch.testing.assert_close(c.aux["embedding"], c.aux["mu"], rtol=0, atol=0)
+    torch.testing.assert_close(c.logits, model.head.fc(c.aux["mu"]))
+
+
+def test_gaussian_kl_matches_torch_distributions():
+    mu, logvar = torch.randn(5, 7), torch.randn(5, 7)
+    prior = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.0])
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    p = torch.distributions.Normal(torch.zeros(5, 7), prior.sqrt().unsqueeze(1).expand(5, 7))
+    torch.testing.assert_close(gaussian_kl(mu, logvar, prior),
+                               torch.distributions.kl_divergence(q, p).sum(1))
+
+
+def test_uniform_subset_dropout():
+    present = torch.tensor([[True, True, False]] * 3000 + [[False, False, False]])
+    drawn = sample_uniform_subsets(present, torch.Generator().manual_seed(0))
+    assert not (drawn & ~present).any() and drawn[:-1].any(1).all() and not drawn[-1].any()
+    counts = torch.bincount(subset_ids(drawn[:-1]), minlength=7).float() / 3000
+    # Only {video}, {audio}, {video, audio} (ids 0, 1, 2), each about 1/3.
+    torch.testing.assert_close(counts[:3], torch.full((3,), 1 / 3), atol=0.04, rtol=0)
+    assert counts[3:].sum() == 0
+
+
+def test_hard_combination_is_the_largest_mean_variance(tiny_data, tiny_cfg):
+    train, _ = tiny_data
+    _, model = _model(train, tiny_cfg)
+    head = model.head
+    head.reset_variance()
+    combos = torch.tensor([0, 0, 3, 3, 6, 6, -1])
+    logvar = torch.log(torch.tensor([1.0, 3.0, 2.5, 2.5, 1.0, 2.0, 99.0])).unsqueeze(1)
+    head.record_variance(combos, logvar.expand(-1, 4))
+    means = head.mean_variance()
+    torch.testing.assert_close(means[[0, 3, 6]], torch.tensor([2.0, 2.5, 1.5],
+                                                              dtype=torch.float64))
+    assert torch.isnan(means[[1, 2, 4, 5]]).all()  # never seen; the empty row is ignored
+    assert head.select_hard_combination() == 3 == int(head.hard_combination)
+
+
+def test_hard_regularizer_weights_only_the_hard_combination(tiny_data, tiny_cfg):
+    train, _ = tiny_data
+    method, model = _model(train, tiny_cfg, alpha=0.0, beta=0.5)
+    ce = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert float(hard_combination_loss(ce, torch.tensor([2, 0, 2, 1]), 2)) == pytest.approx(1.0)
+    model.head.hard_combination.fill_(2)  # {video, audio}
+    batch = {k: v[:32] for k, v in train.items()}
+    info = StepInfo("t", 0, 0, seed=7)
+    model.eval()  # deterministic forward, so the loss can be recomputed by hand
+    loss, metrics = method.loss(mining=False)(model, batch, info)
+    mask = sample_uniform_subsets(batch["mask"], info.generator())
+    with torch.no_grad():
+        out = model({m: batch[m] for m in model.modalities}, mask)
+    per_sample = F.cross_entropy(out.logits, batch["label"], reduction="none")
+    hard = subset_ids(mask) == 2
+    expected = per_sample.mean() + 0.5 * per_sample[hard].sum() / 32
+    torch.testing.assert_close(loss, expected)
+    assert metrics["hard_fraction"] == pytest.approx(float(hard.float().mean()))
+
+
+def test_mining_records_each_combination_variance(tiny_data, tiny_cfg):
+    train, _ = tiny_data
+    method, model = _model(train, tiny_cfg)
+    model.head.reset_variance()
+    batch = {k: v[:32] for k, v in train.items()}
+    info = StepInfo("t", 0, 0, seed=3)
+    model.eval()
+    method.loss(mining=True)(model, batch, info)
+    mask = sample_uniform_subsets(batch["mask"], info.generator())
+    with torch.no_grad():
+        logvar = model({m: batch[m] for m in model.modalities}, mask).aux["logvar"]
+    ids = subset_ids(mask)
+    for c in ids.unique().tolist():
+        expected = logvar[ids == c].exp().mean(1).sum().double()
+        torch.testing.assert_close(model.head.variance_sum[c], expected)
+        assert float(model.head.variance_count[c]) == float((ids == c).sum())
+
+
+def test_fit_picks_the_hard_combination_and_round_trips(tmp_path, tiny_data, tiny_cfg):
+    train, val = tiny_data
+    model, stats = fit_method("dmrnet", train, val, tiny_cfg, tmp_path)
+    head = model.head
+    assert int(head.hard_combination) == int(head.mean_variance().nan_to_num(-1.0).argmax())
+    assert stats["hard_combination"] in stats["mean_variance"]
+    assert stats["epochs"] == {"dmrnet_mining": 1, "dmrnet_hard": 1}
+    loaded = load_model(tmp_path)
+    assert int(loaded.head.hard_combination) == int(head.hard_combination)
+    batch = {m: val[m] for m in loaded.modalities}
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch, val["mask"]).logits,
+                                   model(batch, val["mask"]).logits)
