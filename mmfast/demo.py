@@ -61,7 +61,8 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
              methods: Sequence[str] = DEFAULT_METHODS, data_dir: str | os.PathLike | None = None,
              device: str = "auto", eval_cfg=None, train_overrides: dict | None = None,
              log: Callable[[str], None] = print) -> Path:
-    """Run the whole job into ``out`` (data/, runs/<method>/, report/); returns report.md."""
+    """Run the whole job into ``out`` (data/, runs/<method>/, report.md + PNGs); returns
+    the report path."""
     from mmfast.eval.common import EvalConfig
     from mmfast.eval.protocols import evaluate_run
     from mmfast.eval.report import write_report
@@ -89,7 +90,7 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
         evaluate_run(run_dir, model, splits["test"], eval_cfg, method=name)
         clock.step(f"evaluated {name}")
         run_dirs.append(run_dir)
-    report = write_report(run_dirs, out / "report")
+    report = write_report(run_dirs, out)
     clock.step(f"report: {report}")
     return report
 
@@ -132,10 +133,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="the main job: data -> train methods -> every protocol -> report",
         description="Generate the built-in avdigits data, train each method, run every "
-        "evaluation protocol and write OUT/report/report.md with plots. The small preset "
+        "evaluation protocol and write OUT/report.md with its PNG plots. The small preset "
         "(default) takes at most 15 minutes on 2 CPU cores.")
-    p.add_argument("--out", default="mmfast-demo", metavar="DIR",
-                   help="output folder (default: mmfast-demo)")
+    p.add_argument("--out", default="runs/demo", metavar="DIR",
+                   help="output folder (default: runs/demo)")
     p.add_argument("--preset", default="small", choices=sorted(DEMO_PRESETS),
                    help="small: 2 CPU cores, <= 15 min; gpu: more data, larger models")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="NAME",

@@ -41,7 +41,8 @@ def test_demo_trains_evaluates_and_reports(tmp_path, monkeypatch):
     crmt = json.loads((tmp_path / "runs" / "crmt" / "eval.json").read_text())["certify"]
     assert {e["kind"] for e in crmt["estimators"].values()} == {"sound", "empirical"}
     assert crmt["estimators"]["spectral"]["soundness_check"]["violations"] == 0
-    assert len(list((tmp_path / "report").glob("*.png"))) == 7
+    assert report == tmp_path / "report.md"
+    assert len(list(tmp_path.glob("*.png"))) == 7
     assert any("report" in line for line in lines)
 
 

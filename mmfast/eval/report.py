@@ -105,7 +105,7 @@ def _overview(results, stats) -> list[str]:
         mem = s.get("peak_memory_bytes")
         rows.append([m, r.get("clean_accuracy"), _seconds(s.get("train_time_s")),
                      f"{mem / 2**20:.1f}" if isinstance(mem, int | float) else "n/a",
-                     _count(s.get("num_parameters")), s.get("epochs", "n/a"),
+                     _count(s.get("num_parameters")), _epochs(s.get("epochs")),
                      _seconds(sum(r.get("timings_s", {}).values()) or None)])
     return lines + _table(["method", "clean accuracy", "train time (s)", "peak memory (MiB)",
                            "parameters", "epochs", "eval time (s)"], rows)
@@ -113,6 +113,13 @@ def _overview(results, stats) -> list[str]:
 
 def _seconds(x) -> str:
     return f"{x:.1f}" if isinstance(x, int | float) else "n/a"
+
+
+def _epochs(x) -> str:
+    """"6" or, for multi-stage recipes, "pretrain_video 3, finetune 6"."""
+    if isinstance(x, Mapping):
+        return ", ".join(f"{stage} {n}" for stage, n in x.items())
+    return "n/a" if x is None else str(x)
 
 
 def _count(x) -> str:

@@ -87,3 +87,11 @@ def test_report_rejects_a_folder_without_results(tmp_path):
         write_report([tmp_path], tmp_path / "out")
     with pytest.raises(ValueError, match="run_dirs"):
         write_report([], tmp_path / "out")
+
+
+def test_report_verb_writes_the_report(runs, tmp_path, capsys):
+    from mmfast import cli
+
+    assert cli.main(["report", *map(str, runs), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report.md").is_file()
+    assert "report.md" in capsys.readouterr().out
