@@ -38,7 +38,8 @@ template <typename T, int VEC>
 MMFAST_DEVICE void fuse_row(const T* x_row, const opmath_t<T> w[kMaxModalities], int M, int64_t D,
                             opmath_t<T> scale, T* out_row, int lane, int lanes) {
   using A = opmath_t<T>;
-  for (int64_t d = static_cast<int64_t>(lane) * VEC; d < D; d += static_cast<int64_t>(lanes) * VEC) {
+  const int64_t stride = static_cast<int64_t>(lanes) * VEC;
+  for (int64_t d = static_cast<int64_t>(lane) * VEC; d < D; d += stride) {
     A acc[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) acc[i] = A(0);

@@ -59,7 +59,8 @@ at::Tensor subset_logits_cuda(const at::Tensor& z, const at::Tensor& subsets,
     const T* zp = const_ptr<T>(z);
     T* out = mutable_ptr<T>(scores);
     const bool vectorized = rows_vectorizable<T>(s.C, {zp, out});
-    const int lanes = next_power_of_two_at_most_32(ceil_div(s.C, vectorized ? vector_width<T>() : 1));
+    const int vec = vectorized ? vector_width<T>() : 1;
+    const int lanes = next_power_of_two_at_most_32(ceil_div(s.C, vec));
     const unsigned blocks = grid_blocks(s.S * s.B, rows_per_block(lanes));
     auto kernel = vectorized ? subset_logits_kernel<T, vector_width<T>()>
                              : subset_logits_kernel<T, 1>;

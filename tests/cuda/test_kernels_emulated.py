@@ -1,0 +1,410 @@
+"""The raw CUDA kernels of csrc/cuda, run on the CPU under host emulation, against the reference.
+
+tests/cuda/emulation/ builds the kernel headers as host C++ (nvcc on a .cpp file: no GPU and
+no device code involved) with a small emulation of threads, blocks, __syncthreads, warp
+shuffles and atomics, and exposes each kernel through ctypes. Each test runs a kernel with the
+launch configuration the launcher in csrc/cuda/<op>.cu would pick and with others (one lane
+per row, partial warps, grids small enough to loop) and compares with mmfast.ops.reference.
+This checks index math, tails, vector paths, tie rules and reductions; it says nothing about
+speed, and the launchers themselves (torch types) only run on a GPU. Skipped without nvcc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmfast.ops import reference as ref
+
+HERE = Path(__file__).resolve().parent
+CSRC = HERE.parents[1] / "csrc"
+NVCC = shutil.which("nvcc")
+pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+VECTOR_WIDTH = {torch.float32: 4, torch.float64: 2, torch.float16: 8, torch.bfloat16: 8}
+TOLERANCE = {  # (rtol, atol) of kernel output vs reference, in the output's dtype
+    torch.float32: (1e-5, 1e-5),
+    torch.float64: (1e-12, 1e-12),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+GRID = 2  # blocks: small, so grid-stride loops run more than once on the larger cases
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory) -> ctypes.CDLL:
+    """Builds tests/cuda/emulation/kernels_capi.cpp into a shared library (about 20 s)."""
+    out = tmp_path_factory.mktemp("cuda_emulation") / "libmmfast_cuda_emulation.so"
+    cmd = [
+        NVCC, "-std=c++20", "-O1", "-shared",
+        "-Xcompiler", "-fPIC,-ffp-contract=off,-Wall,-Wno-unknown-pragmas",
+        "-D__device__=", "-D__global__=", "-D__host__=", "-D__shared__=",
+        f"-I{CSRC}", f"-I{HERE / 'emulation'}",
+        str(HERE / "emulation" / "kernels_capi.cpp"), "-o", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lib = ctypes.CDLL(str(out))
+    lib.emu_subset_accuracy.restype = ctypes.c_int64
+    return lib
+
+
+def ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def i64(v: int) -> ctypes.c_int64:
+    return ctypes.c_int64(v)
+
+
+def opmath(dtype: torch.dtype) -> torch.dtype:
+    return ref.opmath_dtype(dtype)
+
+
+def pow2_lanes(n: int) -> int:
+    """next_power_of_two_at_most_32 of csrc/cuda/cuda_utils.cuh."""
+    lanes = 1
+    while lanes < 32 and lanes < n:
+        lanes *= 2
+    return lanes
+
+
+def assert_matches(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, what: str):
+    rtol, atol = TOLERANCE[dtype]
+    torch.testing.assert_close(
+        got.double(),
+        want.double(),
+        rtol=rtol,
+        atol=atol,
+        equal_nan=True,
+        msg=lambda m: f"{what}: {m}",
+    )
+
+
+def vector_modes(row_elems: int, dtype: torch.dtype) -> list[int]:
+    """Vectorised (1) only where the launcher would allow it; scalar (0) always."""
+    return [0, 1] if row_elems % VECTOR_WIDTH[dtype] == 0 else [0]
+
+
+# ---------------------------------------------------------------------------- masked_fusion
+FUSION_SHAPES = [(5, 3, 16), (3, 8, 33), (33, 2, 8), (4, 2, 0)]
+
+
+def fusion_inputs(B, M, D, dtype, weighted):
+    x = torch.randn(B, M, D, dtype=torch.float64).to(dtype)
+    mask = torch.rand(B, M) > 0.4
+    mask[0] = False  # a row with no modality
+    weight = torch.rand(B, M, dtype=opmath(dtype)) + 0.1 if weighted else None
+    return x, mask, weight
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_masked_fusion_forward(emu, dtype):
+    acc = opmath(dtype)
+    for (B, M, D), weighted, normalize in itertools.product(
+        FUSION_SHAPES, [False, True], [True, False]
+    ):
+        x, mask, weight = fusion_inputs(B, M, D, dtype, weighted)
+        y_ref, denom_ref = ref.masked_fusion(x, mask, weight, normalize)
+        for vec in vector_modes(D, dtype):
+            launcher_lanes = pow2_lanes(-(-D // (VECTOR_WIDTH[dtype] if vec else 1)))
+            for lanes in sorted({launcher_lanes, 1}):
+                y = torch.full((B, D), math.nan, dtype=dtype)
+                denom = torch.full((B,), math.nan, dtype=acc)
+                emu.emu_masked_fusion(DTYPE_CODE[dtype], ptr(x), ptr(mask), ptr(weight),
+                                      int(normalize), i64(B), M, i64(D), lanes, vec, GRID,
+                                      ptr(y), ptr(denom))  # fmt: skip
+                what = (
+                    f"{(B, M, D)} weighted={weighted} normalize={normalize} vec={vec} lanes={lanes}"
+                )
+                assert_matches(y, y_ref, dtype, "y " + what)
+                assert_matches(denom, denom_ref, acc, "denom " + what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_masked_fusion_backward_matches_autograd(emu, dtype):
+    acc = opmath(dtype)
+    for (B, M, D), normalize in itertools.product(FUSION_SHAPES, [True, False]):
+        x, mask, weight = fusion_inputs(B, M, D, dtype, weighted=True)
+        xg, wg = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        y, denom = ref.masked_fusion(xg, mask, wg, normalize)
+        grad_y = torch.randn(B, D, dtype=torch.float64).to(dtype)
+        gx_ref, gw_ref = torch.autograd.grad(y, [xg, wg], grad_y)
+        y, denom = y.detach(), denom.detach()
+        for need_gw, vec in itertools.product([0, 1], vector_modes(D, dtype)):
+            lanes = pow2_lanes(-(-D // (VECTOR_WIDTH[dtype] if vec else 1)))
+            gx = torch.full((B, M, D), math.nan, dtype=dtype)
+            gw = torch.full((B, M), math.nan, dtype=acc)
+            emu.emu_masked_fusion_backward(
+                DTYPE_CODE[dtype],
+                ptr(grad_y),
+                ptr(x),
+                ptr(mask),
+                ptr(weight),
+                ptr(y),
+                ptr(denom),
+                int(normalize),
+                need_gw,
+                i64(B),
+                M,
+                i64(D),
+                lanes,
+                vec,
+                GRID,
+                ptr(gx),
+                ptr(gw) if need_gw else None,
+            )
+            what = f"{(B, M, D)} normalize={normalize} vec={vec} lanes={lanes}"
+            assert_matches(gx, gx_ref, dtype, "grad_x " + what)
+            if need_gw:  # the kernel uses the stored y (x.dtype): reduced-dtype tolerance
+                assert_matches(gw, gw_ref, dtype, "grad_weight " + what)
+
+
+# ------------------------------------------------------------------------- certified_margin
+NORM_KIND = {1.0: 0, 2.0: 1, math.inf: 2}  # csrc/cuda/certified_margin_kernel.cuh DualNorm
+
+
+def norm_kind(q: float) -> int:
+    return NORM_KIND.get(q, 3)
+
+
+def margin_inputs(B, M, C, dtype, lip_per_pair, extras):
+    acc = opmath(dtype)
+    z = torch.randn(B, M, C, dtype=torch.float64).round(decimals=1).to(dtype)  # with ties
+    target = torch.randint(0, C, (B,))
+    if lip_per_pair:
+        lip = torch.rand(M, C, C, dtype=acc) + 0.5
+        if C > 1:
+            lip[:, target[0], (target[0] + 1) % C] = 0.0  # a zero denominator
+    else:
+        lip = torch.rand(M, dtype=acc) + 0.5
+    mask = bias = None
+    if extras:
+        mask = torch.rand(B, M) > 0.3
+        mask[-1] = False
+        bias = torch.randn(C, dtype=acc)
+    return z, target, lip, mask, bias
+
+
+MARGIN_CASES = list(
+    itertools.product(
+        [(6, 3, 10), (5, 2, 1), (4, 4, 37)], [2.0, 1.0, math.inf, 3.0], [True, False], [False, True]
+    )
+)
+
+
+@pytest.mark.parametrize("rival", ["min", "top"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_certified_margin_forward(emu, dtype, rival):
+    acc = opmath(dtype)
+    for (B, M, C), p, lip_per_pair, extras in MARGIN_CASES:
+        z, target, lip, mask, bias = margin_inputs(B, M, C, dtype, lip_per_pair, extras)
+        radius_ref, margin_ref, runner_ref = ref.certified_margin(
+            z, target, lip, mask, bias, p, rival
+        )
+        q = ref.dual_exponent(p)
+        for lanes in sorted({pow2_lanes(-(-C // 4)), 1}):
+            radius = torch.full((B,), math.nan, dtype=acc)
+            margin = torch.full((B,), math.nan, dtype=acc)
+            runner = torch.full((B,), -7, dtype=torch.int64)
+            emu.emu_certified_margin(
+                DTYPE_CODE[dtype],
+                ptr(z),
+                ptr(target),
+                ptr(lip),
+                int(lip_per_pair),
+                ptr(mask),
+                ptr(bias),
+                norm_kind(q),
+                ctypes.c_double(q),
+                int(rival == "top"),
+                i64(B),
+                M,
+                i64(C),
+                lanes,
+                GRID,
+                ptr(radius),
+                ptr(margin),
+                ptr(runner),
+            )
+            what = f"{(B, M, C)} p={p} lip_per_pair={lip_per_pair} extras={extras} lanes={lanes}"
+            assert torch.equal(runner, runner_ref), f"runner_up {what}: {runner} vs {runner_ref}"
+            assert_matches(radius, radius_ref, acc, "radius " + what)
+            assert_matches(margin, margin_ref, acc, "margin " + what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_certified_margin_backward_matches_autograd(emu, dtype):
+    acc = opmath(dtype)
+    for (B, M, C), p, lip_per_pair, extras in MARGIN_CASES:
+        z, target, lip, mask, bias = margin_inputs(B, M, C, dtype, lip_per_pair, extras)
+        zg, lg = z.clone().requires_grad_(True), lip.clone().requires_grad_(True)
+        radius, margin, runner = ref.certified_margin(zg, target, lg, mask, bias, p, "min")
+        grad_radius = torch.randn(B, dtype=acc) * torch.isfinite(radius.detach())
+        grad_margin = torch.randn(B, dtype=acc)
+        loss = (radius.nan_to_num(0.0, 0.0, 0.0) * grad_radius).sum() + (margin * grad_margin).sum()
+        gz_ref, glip_ref = torch.zeros_like(z), torch.zeros_like(lip)
+        if loss.requires_grad:  # C == 1: constant outputs, zero gradients
+            gz, glip = torch.autograd.grad(loss, [zg, lg], allow_unused=True)
+            gz_ref = gz_ref if gz is None else gz
+            glip_ref = glip_ref if glip is None else glip
+        q = ref.dual_exponent(p)
+        lanes = pow2_lanes(C)
+        gz = torch.full((B, M, C), math.nan, dtype=dtype)
+        glip_sel = torch.full((B, M), math.nan, dtype=acc)
+        emu.emu_certified_margin_backward(
+            DTYPE_CODE[dtype],
+            ptr(z),
+            ptr(target),
+            ptr(lip),
+            int(lip_per_pair),
+            ptr(mask),
+            norm_kind(q),
+            ctypes.c_double(q),
+            i64(B),
+            M,
+            i64(C),
+            ptr(grad_radius),
+            ptr(grad_margin),
+            ptr(margin.detach()),
+            ptr(runner),
+            lanes,
+            GRID,
+            ptr(gz),
+            ptr(glip_sel),
+        )
+        what = f"{(B, M, C)} p={p} lip_per_pair={lip_per_pair} extras={extras}"
+        assert_matches(gz, gz_ref, dtype, "grad_z " + what)
+        # grad_lip_sel is d loss / d lip_m[y_b, k_b] per row: scatter it onto lip's shape.
+        if lip_per_pair:
+            glip = torch.zeros_like(lip)
+            valid = runner >= 0
+            for m in range(M):
+                glip[m].index_put_(
+                    (target[valid], runner[valid]), glip_sel[valid, m], accumulate=True
+                )
+        else:
+            glip = glip_sel[runner >= 0].sum(0)
+        assert_matches(glip, glip_ref, acc, "grad_lip " + what)
+
+
+# ---------------------------------------------------------------------- noisy_modality_dropout
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_noisy_modality_dropout_reproduces_the_reference_stream(emu, dtype):
+    shapes = [(4, 3, 5), (6, 1), (5, 16), (2, 7, 3)]  # rows shorter than / not a multiple of 4
+    for shape, levels, fill, (seed, offset) in itertools.product(
+        shapes, [False, True], [0.0, 0.3], [(0, 0), (1234567890123, 2**33 + 5)]
+    ):
+        B = shape[0]
+        x = torch.randn(*shape, dtype=torch.float64).to(dtype)
+        p_drop = torch.rand(B) * 0.6
+        sigma = torch.tensor([0.1, 0.5, 1.0]) if levels else torch.rand(B)
+        y_ref, keep_ref, used_ref = ref.noisy_modality_dropout(
+            x, p_drop, sigma, levels, seed, offset, fill
+        )
+        keep = torch.zeros(B, dtype=torch.bool)
+        used = torch.full((B,), math.nan)
+        emu.emu_noise_per_sample(
+            ptr(p_drop),
+            i64(B),
+            ptr(sigma),
+            i64(sigma.numel()),
+            int(levels),
+            ctypes.c_uint64(seed),
+            ctypes.c_uint64(offset),
+            i64(B),
+            GRID,
+            ptr(keep),
+            ptr(used),
+        )
+        what = f"{shape} levels={levels} fill={fill} seed={seed}"
+        assert torch.equal(keep, keep_ref), "keep " + what
+        assert torch.equal(used, used_ref), "sigma_used " + what
+        for vec in [0, 1]:
+            y = torch.full_like(x, math.nan)
+            emu.emu_noisy_modality_dropout(
+                DTYPE_CODE[dtype],
+                ptr(x),
+                ptr(keep),
+                ptr(used),
+                ctypes.c_uint64(seed),
+                ctypes.c_uint64(offset),
+                ctypes.c_double(fill),
+                i64(x.numel()),
+                i64(x.numel() // B),
+                vec,
+                GRID,
+                ptr(y),
+            )
+            # float64 too: the noise itself is float32 (libm vs torch rounding of log/cos/sin).
+            tol_dtype = torch.float32 if dtype == torch.float64 else dtype
+            assert_matches(y, y_ref, tol_dtype, f"y {what} vec={vec}")
+
+
+def test_noise_per_sample_shares_one_element_parameters(emu):
+    p_drop, sigma = torch.tensor([0.3]), torch.tensor([0.7])
+    _, keep_ref, used_ref = ref.noisy_modality_dropout(
+        torch.zeros(9, 2), p_drop, sigma, False, 5, 6
+    )
+    keep = torch.zeros(9, dtype=torch.bool)
+    used = torch.zeros(9)
+    emu.emu_noise_per_sample(ptr(p_drop), i64(1), ptr(sigma), i64(1), 0, ctypes.c_uint64(5),
+                             ctypes.c_uint64(6), i64(9), 1, ptr(keep), ptr(used))  # fmt: skip
+    assert torch.equal(keep, keep_ref)
+    assert torch.equal(used, used_ref)
+
+
+# ---------------------------------------------------------------------------- subset ops
+def subset_inputs(B, M, C, dtype, extras):
+    acc = opmath(dtype)
+    z = torch.randn(B, M, C, dtype=torch.float64).round(decimals=1).to(dtype)  # with ties
+    subsets = torch.cat([ref.all_subsets(M), torch.zeros(1, M, dtype=torch.bool)])  # + empty
+    weight = torch.rand(B, M, dtype=acc) + 0.1 if extras else None
+    present = torch.rand(B, M) > 0.3 if extras else None
+    return z, subsets, weight, present
+
+
+SUBSET_SHAPES = [(7, 3, 10), (5, 1, 4), (9, 4, 17), (40, 3, 8)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_subset_logits(emu, dtype):
+    for (B, M, C), extras in itertools.product(SUBSET_SHAPES, [False, True]):
+        z, subsets, weight, present = subset_inputs(B, M, C, dtype, extras)
+        S = subsets.shape[0]
+        scores_ref = ref.subset_logits(z, subsets, weight, present)
+        for vec in vector_modes(C, dtype):
+            lanes = pow2_lanes(-(-C // (VECTOR_WIDTH[dtype] if vec else 1)))
+            scores = torch.full((S, B, C), math.nan, dtype=dtype)
+            emu.emu_subset_logits(DTYPE_CODE[dtype], ptr(z), ptr(subsets), ptr(weight),
+                                  ptr(present), i64(B), M, i64(C), i64(S), lanes, vec, GRID,
+                                  ptr(scores))  # fmt: skip
+            assert_matches(scores, scores_ref, dtype, f"{(B, M, C)} extras={extras} vec={vec}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_subset_accuracy_counts(emu, dtype):
+    for (B, M, C), extras in itertools.product(SUBSET_SHAPES, [False, True]):
+        z, subsets, weight, present = subset_inputs(B, M, C, dtype, extras)
+        S = subsets.shape[0]
+        target = torch.randint(0, C, (B,))
+        correct_ref = ref.subset_correct(z, target, subsets, weight, present)
+        launcher_rows = min(32, -(-256 // S))
+        # the launcher's tile, several class chunks, and one row x one class at a time
+        for rows, classes in [(launcher_rows, C), (3, 4), (1, 1)]:
+            correct = torch.zeros(S, dtype=torch.int64)
+            used = emu.emu_subset_accuracy(DTYPE_CODE[dtype], ptr(z), ptr(target), ptr(subsets),
+                                           ptr(weight), ptr(present), i64(B), M, i64(C), S, rows,
+                                           classes, GRID, ptr(correct))  # fmt: skip
+            assert used > 0
+            what = f"{(B, M, C)} extras={extras} rows={rows} classes={classes}"
+            assert torch.equal(correct, correct_ref), f"{what}: {correct} vs {correct_ref}"
