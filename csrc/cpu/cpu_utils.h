@@ -15,8 +15,6 @@
 #include <cstdint>
 #include <optional>
 
-#include "common/philox.h"
-
 namespace mmfast::cpu {
 
 // The four input dtypes of every op (DESIGN.md): float16, bfloat16, float32, float64.
@@ -128,15 +126,5 @@ inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
 // Per-row scratch sized by the modality count (M <= 8 in DESIGN.md stays on the stack).
 template <typename T>
 using ModalityArray = c10::SmallVector<T, 8>;
-
-// N(0, 1) draws of flat elements [first, first + n) of the noise stream keyed by (seed, offset):
-// element e is lane e % 4 of Philox block e / 4 (reference._standard_normal). n <= kChunk.
-inline void standard_normals(uint64_t first, int64_t n, uint64_t seed, uint64_t offset,
-                             float* out) {
-  float lanes[kChunk + 8];
-  const uint64_t block0 = first / 4, blocks = (first + n + 3) / 4 - block0;
-  for (uint64_t i = 0; i < blocks; ++i) philox_normal4(block0 + i, offset, seed, lanes + 4 * i);
-  std::copy(lanes + (first - 4 * block0), lanes + (first - 4 * block0) + n, out);
-}
 
 }  // namespace mmfast::cpu
