@@ -139,12 +139,13 @@ def cast_for_store(value, ptr):
     Under the interpreter float32 -> bfloat16 is rounded by hand on the bit pattern, so the
     CPU tests see the numbers a GPU would store.
     """
+    out = value.to(ptr.dtype.element_ty)
     if _BF16_ROUND_BY_HAND:
         if ptr.dtype.element_ty == tl.bfloat16:
             bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
             bits = bits + 0x7FFF + ((bits >> 16) & 1)
-            return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return value.to(ptr.dtype.element_ty)
+            out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return out
 
 
 @triton.jit

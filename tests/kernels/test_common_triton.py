@@ -22,7 +22,7 @@ def test_interpreter_tunes_over_exactly_one_config():
         assert len(mf._forward_kernel.configs) == 1
     else:
         assert chosen == gpu
-        assert len(mf._forward_kernel.configs) == len(mf._GPU_CONFIGS)
+        assert len(mf._forward_kernel.configs) == len(mf._FORWARD_CONFIGS)
 
 
 @pytest.mark.parametrize(
