@@ -91,7 +91,7 @@ MMFAST_DEVICE double opmath_pow(double a, double b) { return pow(a, b); }
 // --------------------------------------------------------------------------- vector access
 // Elements per 16-byte vector: 4 float, 8 half / bfloat16, 2 double.
 template <typename T>
-constexpr int vector_width() {
+__host__ __device__ constexpr int vector_width() {
   return kVectorBytes / static_cast<int>(sizeof(T));
 }
 

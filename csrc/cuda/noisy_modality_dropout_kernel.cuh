@@ -43,7 +43,7 @@ __global__ void noise_per_sample_kernel(const float* __restrict__ p_drop, int64_
 }
 
 template <typename T>
-constexpr int noise_chunk_elems() {
+__host__ __device__ constexpr int noise_chunk_elems() {
   return vector_width<T>() > 4 ? vector_width<T>() : 4;
 }
 
