@@ -33,6 +33,7 @@ class ModelSpec:
     feature_dim: int = 64
     stem_stride: int = 1
     temporal: str = "stack"
+    input_stats: dict[str, tuple[float, float]] | None = None
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -49,19 +50,24 @@ class ModelSpec:
                   feature_dim: int = 64, num_classes: int | None = None,
                   modalities: Sequence[str] = MODALITIES, stem_stride: int = 1,
                   temporal: str = "stack") -> ModelSpec:
-        """Shapes from a data dict; classes = max label + 1 unless given."""
+        """Shapes and input (mean, std) per modality (over the rows that have it) from a data
+        dict; classes = max label + 1 unless given."""
         present = [m for m in modalities if m in data]
         if not present:
             raise ValueError(f"data has none of the modalities {list(modalities)}")
         if num_classes is None:
             num_classes = int(data["label"].max()) + 1 if data["label"].numel() else 2
+        stats = {m: _input_stats(data[m], data["mask"][:, i])
+                 for i, m in enumerate(present)} if "mask" in data else None
         return cls(num_classes, {m: tuple(data[m].shape[1:]) for m in present}, tuple(widths),
-                   feature_dim, stem_stride, temporal)
+                   feature_dim, stem_stride, temporal, stats)
 
     def to_dict(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "feature_dim": self.feature_dim,
                 "widths": list(self.widths), "stem_stride": self.stem_stride,
                 "temporal": self.temporal, "modalities": list(self.modalities),
+                "input_stats": None if self.input_stats is None else
+                {m: list(v) for m, v in self.input_stats.items()},
                 "input_shapes": {m: list(s) for m, s in self.input_shapes.items()}}
 
     @classmethod
@@ -71,7 +77,19 @@ class ModelSpec:
         order = d.get("modalities", list(d["input_shapes"]))
         return cls(int(d["num_classes"]), {m: tuple(d["input_shapes"][m]) for m in order},
                    tuple(d["widths"]), int(d["feature_dim"]), int(d.get("stem_stride", 1)),
-                   str(d.get("temporal", "stack")))
+                   str(d.get("temporal", "stack")),
+                   {m: tuple(v) for m, v in d["input_stats"].items()}
+                   if d.get("input_stats") else None)
+
+
+def _input_stats(x: Tensor, present: Tensor) -> tuple[float, float]:
+    """(mean, std) of the rows where the modality is present ((0, 1) when degenerate)."""
+    rows = x[present.bool()] if present.shape[0] == x.shape[0] else x
+    if rows.numel() < 2:
+        return 0.0, 1.0
+    rows = rows.double()
+    std = float(rows.std())
+    return float(rows.mean()), std if std > 1e-6 else 1.0
 
 
 class FusionModel(MultiModalModel):
@@ -103,7 +121,7 @@ def feature_dims(spec: ModelSpec, encoders: nn.ModuleDict) -> list[int]:
 def make_encoders(spec: ModelSpec, overrides: Mapping[str, nn.Module] | None = None
                   ) -> nn.ModuleDict:
     return build_encoders(spec.input_shapes, spec.widths, spec.feature_dim, overrides,
-                          spec.stem_stride, spec.temporal)
+                          spec.stem_stride, spec.temporal, spec.input_stats)
 
 
 def cross_entropy_loss(module: nn.Module, batch: Batch, info: StepInfo

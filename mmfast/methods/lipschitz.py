@@ -13,7 +13,8 @@ Two estimators, always labelled:
   product of per-layer l2 operator-norm bounds (Linear: exact spectral norm; Conv2d:
   sqrt(kh*kw) times the spectral norm of the (C_out, C_in*kh*kw) kernel matrix, since a
   convolution is that matrix applied to kh*kw shifted copies of its input; ReLU-like
-  activations 1; pooling by its window overlap; the frame average 1/sqrt(T)), times
+  activations 1; pooling by its window overlap; the frame average 1/sqrt(T); the fixed input
+  standardisation 1/std), times
   ||W~_k^(m)||_2. Spectral norms of these small matrices are computed exactly by SVD in
   float64 (power iteration converges from below, so it would not give a bound), with a
   1e-4 relative slack for float32 rounding.
@@ -31,7 +32,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmfast.nn.encoders import FrameEncoder
+from mmfast.nn.encoders import FrameEncoder, Standardize
 from mmfast.train.batches import batch_indices, dataset_size, inputs_of, take
 
 __all__ = ["ESTIMATORS", "layer_bound", "encoder_lipschitz_bound", "pair_table",
@@ -62,6 +63,14 @@ def layer_bound(layer: nn.Module, input_shape: Sequence[int]) -> float:
             raise TypeError(f"cannot bound grouped Conv2d (groups={layer.groups})")
         kh, kw = layer.kernel_size
         return math.sqrt(kh * kw) * _spectral_norm(layer.weight.flatten(1))
+    if isinstance(layer, Standardize):
+        return 1.0 / float(layer.std)
+    if isinstance(layer, nn.AdaptiveMaxPool2d):
+        h, w = input_shape[-2:]
+        oh, ow = _pair(layer.output_size)
+        if h % oh or w % ow:
+            raise TypeError("cannot bound AdaptiveMaxPool2d with overlapping windows")
+        return 1.0  # disjoint windows: each max is 1-Lipschitz
     if isinstance(layer, nn.LeakyReLU) and abs(layer.negative_slope) > 1:
         return abs(layer.negative_slope)
     if isinstance(layer, _ONE_LIPSCHITZ):

@@ -14,13 +14,32 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConvEncoder", "FrameEncoder", "TEMPORAL_MODES", "build_encoder", "build_encoders",
-           "infer_feature_dim", "stacked_frame_encoder"]
+__all__ = ["ConvEncoder", "FrameEncoder", "Standardize", "TEMPORAL_MODES", "build_encoder",
+           "build_encoders", "infer_feature_dim", "stacked_frame_encoder"]
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std with fixed scalars taken from the training data (no learnt state).
+
+    Inputs in [0, 1] with a large offset train very slowly without normalisation layers; a
+    fixed affine map fixes that and keeps the Lipschitz bound exact (1 / std).
+    """
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        if not std > 0:
+            raise ValueError(f"Standardize needs std > 0, got {std}")
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
 
 
 class ConvEncoder(nn.Sequential):
-    """(B, C, H, W) -> (B, feature_dim): ``len(widths)`` [conv3x3, ReLU, maxpool2] blocks
-    (the last without pooling), global average pooling, then a linear projection. The first
+    """(B, C, H, W) -> (B, feature_dim): optional standardisation, ``len(widths)`` [conv3x3,
+    ReLU, maxpool2] blocks (the last without pooling), global max pooling (position-invariant
+    and 1-Lipschitz), then a linear projection. The first
     convolution has stride ``stem_stride`` (2 quarters the cost of everything after it: on two
     CPU cores that is what makes the demo fit in minutes).
 
@@ -29,13 +48,14 @@ class ConvEncoder(nn.Sequential):
     """
 
     def __init__(self, in_channels: int, widths: Sequence[int] = (16, 32, 32),
-                 feature_dim: int = 64, stem_stride: int = 1):
+                 feature_dim: int = 64, stem_stride: int = 1,
+                 stats: tuple[float, float] | None = None):
         if in_channels < 1 or not widths or feature_dim < 1:
             raise ValueError(
                 f"ConvEncoder needs in_channels >= 1, non-empty widths and feature_dim >= 1, "
                 f"got {in_channels}, {tuple(widths)}, {feature_dim}"
             )
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [] if stats is None else [Standardize(*stats)]
         previous = in_channels
         for i, width in enumerate(widths):
             stride = stem_stride if i == 0 else 1
@@ -43,7 +63,7 @@ class ConvEncoder(nn.Sequential):
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
             previous = width
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(previous, feature_dim)]
+        layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(previous, feature_dim)]
         super().__init__(*layers)
         self.feature_dim = feature_dim
 
@@ -74,37 +94,44 @@ TEMPORAL_MODES = ("stack", "frames")
 
 
 def stacked_frame_encoder(frames: int, channels: int, widths: Sequence[int] = (16, 32, 32),
-                          feature_dim: int = 64, stem_stride: int = 1) -> nn.Sequential:
+                          feature_dim: int = 64, stem_stride: int = 1,
+                          stats: tuple[float, float] | None = None) -> nn.Sequential:
     """(B, T, C, H, W) -> (B, feature_dim) with the T frames stacked as T*C input channels
     (early temporal fusion): one 2D CNN pass per clip instead of T, ~T times cheaper."""
     encoder = nn.Sequential(nn.Flatten(1, 2),
-                            *ConvEncoder(frames * channels, widths, feature_dim, stem_stride))
+                            *ConvEncoder(frames * channels, widths, feature_dim, stem_stride,
+                                         stats))
     encoder.feature_dim = feature_dim
     return encoder
 
 
 def build_encoder(input_shape: Sequence[int], widths: Sequence[int] = (16, 32, 32),
-                  feature_dim: int = 64, stem_stride: int = 1, temporal: str = "stack"
-                  ) -> nn.Module:
+                  feature_dim: int = 64, stem_stride: int = 1, temporal: str = "stack",
+                  stats: tuple[float, float] | None = None) -> nn.Module:
     """An encoder for one sample shape: (C, H, W) -> ConvEncoder; (T, C, H, W) -> frames
     stacked as channels (``temporal="stack"``) or a per-frame CNN averaged over time
-    (``temporal="frames"``, :class:`FrameEncoder`)."""
+    (``temporal="frames"``, :class:`FrameEncoder`). ``stats`` = (mean, std) standardises the
+    input first."""
     shape = tuple(int(s) for s in input_shape)
     if temporal not in TEMPORAL_MODES:
         raise ValueError(f"temporal must be one of {TEMPORAL_MODES}, got {temporal!r}")
     if len(shape) == 4:
         if temporal == "stack":
-            return stacked_frame_encoder(shape[0], shape[1], widths, feature_dim, stem_stride)
-        return FrameEncoder(ConvEncoder(shape[1], widths, feature_dim, stem_stride))
+            return stacked_frame_encoder(shape[0], shape[1], widths, feature_dim, stem_stride,
+                                         stats)
+        return FrameEncoder(ConvEncoder(shape[1], widths, feature_dim, stem_stride, stats))
     if len(shape) == 3:
-        return ConvEncoder(shape[0], widths, feature_dim, stem_stride)
+        return ConvEncoder(shape[0], widths, feature_dim, stem_stride, stats)
     raise ValueError(f"input_shape must be (T, C, H, W) or (C, H, W), got {shape}")
 
 
 def build_encoders(input_shapes: Mapping[str, Sequence[int]], widths: Sequence[int] = (16, 32, 32),
                    feature_dim: int = 64, overrides: Mapping[str, nn.Module] | None = None,
-                   stem_stride: int = 1, temporal: str = "stack") -> nn.ModuleDict:
-    """One encoder per modality (dict order kept); ``overrides`` plugs in any module by name."""
+                   stem_stride: int = 1, temporal: str = "stack",
+                   stats: Mapping[str, tuple[float, float]] | None = None) -> nn.ModuleDict:
+    """One encoder per modality (dict order kept); ``overrides`` plugs in any module by name;
+    ``stats`` maps a modality to the (mean, std) its encoder standardises with."""
+    stats = dict(stats or {})
     overrides = dict(overrides or {})
     unknown = set(overrides) - set(input_shapes)
     if unknown:
@@ -112,7 +139,7 @@ def build_encoders(input_shapes: Mapping[str, Sequence[int]], widths: Sequence[i
                          f"expected a subset of {list(input_shapes)}")
     return nn.ModuleDict({
         name: overrides.get(name)
-        or build_encoder(shape, widths, feature_dim, stem_stride, temporal)
+        or build_encoder(shape, widths, feature_dim, stem_stride, temporal, stats.get(name))
         for name, shape in input_shapes.items()
     })
 

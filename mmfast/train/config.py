@@ -112,7 +112,7 @@ class TrainConfig:
 
 #: Named presets. "small" is sized for the 15-minute demo on 2 CPU cores.
 PRESETS: dict[str, dict[str, Any]] = {
-    "small": dict(epochs=6, batch_size=64, lr=2e-3, widths=(16, 32), feature_dim=32,
+    "small": dict(epochs=15, batch_size=32, lr=3e-3, widths=(16, 32), feature_dim=32,
                   stem_stride=2, temporal="stack", amp="none", device="auto"),
     "gpu": dict(epochs=30, batch_size=128, lr=1e-3, widths=(32, 64, 128), feature_dim=128,
                 stem_stride=1, temporal="frames", amp="auto", device="auto"),
