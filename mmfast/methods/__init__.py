@@ -37,7 +37,17 @@ def register_method(name: str, **defaults: Any) -> Callable[[type[Method]], type
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register_method decorators.
-    from mmfast.methods import crmt, distill, dmrnet, joint, late, mmanet, trml, udml, ume_mma  # noqa: F401
+    from mmfast.methods import (  # noqa: F401
+        crmt,
+        distill,
+        dmrnet,
+        joint,
+        late,
+        mmanet,
+        trml,
+        udml,
+        ume_mma,
+    )
 
 
 def list_methods() -> list[str]:
