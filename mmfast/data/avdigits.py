@@ -155,15 +155,32 @@ def _coloured_noise(rng: np.random.Generator, n: int) -> np.ndarray:
     return noise / (np.sqrt(np.mean(noise ** 2)) + 1e-12)
 
 
-def render_audio(rng: np.random.Generator, label: int, severity: float,
-                 cfg: AVDigitsConfig) -> np.ndarray:
-    """int16 (sample_rate * clip_seconds,): the spoken digit at a random offset, mixed with
-    coloured noise at an SNR that falls from +15 dB to -12 dB as ``severity`` grows."""
+def speak_digits(cfg: AVDigitsConfig, plan: list[tuple[int, str, int, int]]
+                 ) -> list[np.ndarray]:
+    """The spoken word of every planned sample (float64 at cfg.sample_rate), with a voice,
+    speed and pitch drawn from (seed, index).
+
+    espeak-ng keeps state from earlier utterances (voice variant attributes) that reseeding and
+    re-initialising do not reset, so :func:`make_avdigits` runs this in a fresh process, in
+    plan order: the bytes then depend on the seed only, whatever ran before and however many
+    rendering workers there are."""
     speaker = get_speaker()
-    voice = VOICES[int(rng.integers(len(VOICES)))]
-    speech = speaker.say(DIGIT_WORDS[label], voice, rate=int(rng.integers(120, 260)),
-                         pitch=int(rng.integers(15, 90)), pitch_range=int(rng.integers(10, 90)))
-    speech = resample_poly(speech.astype(np.float64), cfg.sample_rate, speaker.sample_rate)
+    words = []
+    for i, _split, label, _k in plan:
+        rng = np.random.default_rng([cfg.seed, i, 101])
+        voice = VOICES[int(rng.integers(len(VOICES)))]
+        speech = speaker.say(DIGIT_WORDS[label], voice, rate=int(rng.integers(120, 260)),
+                             pitch=int(rng.integers(15, 90)),
+                             pitch_range=int(rng.integers(10, 90)), seed=i)
+        words.append(resample_poly(speech.astype(np.float64), cfg.sample_rate,
+                                   speaker.sample_rate))
+    return words
+
+
+def render_audio(rng: np.random.Generator, speech: np.ndarray, severity: float,
+                 cfg: AVDigitsConfig) -> np.ndarray:
+    """int16 (sample_rate * clip_seconds,): the spoken word at a random offset, mixed with
+    coloured noise at an SNR that falls from +15 dB to -12 dB as ``severity`` grows."""
     n = int(round(cfg.sample_rate * cfg.clip_seconds))
     speech = speech[:n]
     clip = np.zeros(n)
@@ -226,9 +243,10 @@ def _plan(cfg: AVDigitsConfig) -> list[tuple[int, str, int, int]]:
     return plan
 
 
-def _make_sample(job: tuple[str, AVDigitsConfig, tuple[int, str, int, int]]) -> Sample:
-    """Render and write one sample's files; a function of (seed, index) only."""
-    out, cfg, (i, split, label, k) = job
+def _make_sample(job: tuple[str, AVDigitsConfig, tuple[int, str, int, int], np.ndarray]
+                 ) -> Sample:
+    """Render and write one sample's files; a function of (seed, index, speech) only."""
+    out, cfg, (i, split, label, k), speech = job
     rng = np.random.default_rng([cfg.seed, i])
     severity = {m: float(rng.beta(1.2, 1.2)) for m in MODALITIES}
     dropped = (MODALITIES[int(rng.integers(len(MODALITIES)))]
@@ -239,7 +257,7 @@ def _make_sample(job: tuple[str, AVDigitsConfig, tuple[int, str, int, int]]) -> 
         "video": lambda r: encode_webm(render_video(
             r, pools["video", split, label][k % len(pools["video", split, label])],
             severity["video"], cfg), fps=cfg.fps),
-        "audio": lambda r: _wav_bytes(render_audio(r, label, severity["audio"], cfg),
+        "audio": lambda r: _wav_bytes(render_audio(r, speech, severity["audio"], cfg),
                                       cfg.sample_rate),
         "image": lambda r: _png_bytes(render_image(
             r, pools["image", split, label][k % len(pools["image", split, label])],
@@ -266,10 +284,12 @@ def make_avdigits(out: str | os.PathLike, config: AVDigitsConfig | None = None, 
     cfg = config or AVDigitsConfig()
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers: expected a positive int, got {workers!r}")
-    get_speaker()  # fail early, with the install hint, when espeak-ng is missing
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), cfg, item) for item in _plan(cfg)]
+    plan = _plan(cfg)
+    with get_context("spawn").Pool(1) as pool:  # fresh espeak-ng state (see speak_digits)
+        words = pool.apply(speak_digits, (cfg, plan))
+    jobs = [(str(out), cfg, item, speech) for item, speech in zip(plan, words)]
     samples: list[Sample] = []
     if workers == 1:
         for job in jobs:

@@ -61,6 +61,12 @@ class Speaker:
                                           ctypes.c_int]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        # espeak-ng draws noise (breath, croak, whisper) from rand(): reseed per utterance so
+        # the audio depends only on the arguments, not on what was said before.
+        self._seeders = [f for f in (getattr(lib, "espeak_ng_SetRandSeed", None),
+                                     ctypes.CDLL(None).srand) if f is not None]
+        for f in self._seeders:
+            f.argtypes = [ctypes.c_uint]
         lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint,
                                      ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
                                      ctypes.c_void_p, ctypes.c_void_p]
@@ -81,15 +87,18 @@ class Speaker:
         lib.espeak_SetSynthCallback(self._callback)
 
     def say(self, text: str, voice: str = "en", rate: int = 175, pitch: int = 50,
-            pitch_range: int = 50) -> np.ndarray:
+            pitch_range: int = 50, seed: int = 0) -> np.ndarray:
         """Speak ``text`` with a voice name (``"en-us+f3"``: language + variant), a rate in
-        words per minute (80-450) and a pitch / pitch range (0-100); returns int16 samples."""
+        words per minute (80-450), a pitch / pitch range (0-100) and a seed for the voice's
+        noise; returns int16 samples, a function of the arguments only."""
         if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise ValueError(f"voice: espeak-ng has no voice {voice!r}")
         for param, value in ((_PARAM_RATE, rate), (_PARAM_PITCH, pitch),
                              (_PARAM_RANGE, pitch_range)):
             self._lib.espeak_SetParameter(param, int(value), 0)
         self._chunks = []
+        for seeder in self._seeders:
+            seeder(int(seed) & 0x7FFFFFFF)
         data = text.encode() + b"\0"
         if self._lib.espeak_Synth(data, len(data), 0, 0, 0, 0, None, None) != 0:
             raise RuntimeError(f"espeak-ng could not synthesize {text!r}")
