@@ -10,8 +10,9 @@ problem into tiles, and which dtypes the kernel boundary accepts. It also holds 
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import triton
@@ -28,6 +29,7 @@ __all__ = [
     "opmath_dtype",
     "opmath_tl",
     "as_bytes",
+    "on_input_device",
     "first_argmin",
     "replaces_running_min",
     "cast_for_store",
@@ -130,6 +132,23 @@ def as_bytes(tensor: torch.Tensor | None) -> torch.Tensor | None:
 
 # The interpreter truncates float32 -> bfloat16 (Triton 3.9); a GPU rounds to nearest even.
 _BF16_ROUND_BY_HAND = tl.constexpr(interpreting())
+
+
+def on_input_device(launcher: Callable) -> Callable:
+    """Runs ``launcher`` with its first tensor argument's CUDA device made current.
+
+    Triton launches on the current device, while an op's tensors may live on another GPU.
+    """
+
+    @functools.wraps(launcher)
+    def wrapper(*args, **kwargs):
+        tensor = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if tensor is None or tensor.device.type != "cuda":
+            return launcher(*args, **kwargs)
+        with torch.cuda.device(tensor.device):
+            return launcher(*args, **kwargs)
+
+    return wrapper
 
 
 @triton.jit

@@ -23,6 +23,7 @@ from mmfast.kernels._common import (
     cast_for_store,
     check_float_dtype,
     first_argmin,
+    on_input_device,
     opmath_dtype,
     opmath_tl,
     replaces_running_min,
@@ -265,6 +266,7 @@ def _check_inputs(z: torch.Tensor, target: torch.Tensor, lip: torch.Tensor,
                          f"{tuple(mask.shape)}")
 
 
+@on_input_device
 def forward(
     z: torch.Tensor,
     target: torch.Tensor,
@@ -301,6 +303,7 @@ def forward(
     return radius, margin, runner_up
 
 
+@on_input_device
 def backward(
     grad_radius: torch.Tensor,
     grad_margin: torch.Tensor,

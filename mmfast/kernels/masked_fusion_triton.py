@@ -18,6 +18,7 @@ from mmfast.kernels._common import (
     autotune,
     cast_for_store,
     check_float_dtype,
+    on_input_device,
     opmath_dtype,
     opmath_tl,
     row_tile_heuristics,
@@ -152,6 +153,7 @@ def _check_inputs(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | No
         )
 
 
+@on_input_device
 def forward(
     x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None, normalize: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,6 +181,7 @@ def forward(
     return y, denom
 
 
+@on_input_device
 def backward(
     grad_y: torch.Tensor,
     x: torch.Tensor,

@@ -25,6 +25,7 @@ from mmfast.kernels._common import (
     cast_for_store,
     check_float_dtype,
     interpreting,
+    on_input_device,
     opmath_tl,
 )
 
@@ -135,6 +136,7 @@ def _per_sample(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:
     return t.to(torch.float32).reshape(-1).expand(batch).contiguous()
 
 
+@on_input_device
 def forward(
     x: torch.Tensor,
     p_drop: torch.Tensor,

@@ -21,6 +21,7 @@ from mmfast.kernels._common import (
     cast_for_store,
     check_float_dtype,
     first_argmin,
+    on_input_device,
     opmath_tl,
     replaces_running_min,
     row_tile_heuristics,
@@ -177,6 +178,7 @@ def _max_programs(B: int, M: int, C: int) -> int:
     )
 
 
+@on_input_device
 def subset_logits(
     z: torch.Tensor,
     subsets: torch.Tensor,
@@ -197,6 +199,7 @@ def subset_logits(
     return out
 
 
+@on_input_device
 def subset_accuracy(
     z: torch.Tensor,
     target: torch.Tensor,
