@@ -122,7 +122,8 @@ def write_manifest(path: str | os.PathLike, samples: Iterable[Sample],
                    info: dict | None = None) -> Path:
     """Write ``samples`` atomically as CSV (or JSONL by suffix), plus ``info.json`` beside it
     when ``info`` is given. Returns the manifest file."""
-    file = manifest_path(path) if Path(path).suffix not in (".csv", ".jsonl") else Path(path)
+    path = Path(path)
+    file = path if path.suffix in (".csv", ".jsonl") else path / MANIFEST_NAME
     samples = [_check_sample(s, f"samples[{i}]") for i, s in enumerate(samples)]
     if file.suffix == ".jsonl":
         text = "".join(json.dumps(s.to_row()) + "\n" for s in samples)
