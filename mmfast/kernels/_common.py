@@ -26,6 +26,7 @@ __all__ = [
     "tile_blocks",
     "row_tile_heuristics",
     "check_float_dtype",
+    "check_contiguous",
     "opmath_dtype",
     "opmath_tl",
     "as_bytes",
@@ -111,6 +112,17 @@ def check_float_dtype(tensor: torch.Tensor, name: str) -> None:
         raise TypeError(
             f"Triton kernel: {name} must have dtype in ({allowed}), got {tensor.dtype}"
         )
+
+
+def check_contiguous(**tensors: torch.Tensor | None) -> None:
+    """ValueError naming the first non-contiguous argument: kernels index raw pointers, so a
+    strided view would be read wrongly (the op wrappers pass contiguous tensors)."""
+    for name, tensor in tensors.items():
+        if tensor is not None and not tensor.is_contiguous():
+            raise ValueError(
+                f"Triton kernel: {name} must be contiguous, got shape {tuple(tensor.shape)} with "
+                f"strides {tensor.stride()}"
+            )
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -21,6 +21,7 @@ from mmfast.kernels._common import (
     as_bytes,
     autotune,
     cast_for_store,
+    check_contiguous,
     check_float_dtype,
     first_argmin,
     on_input_device,
@@ -282,6 +283,7 @@ def forward(
     fused score's runner-up instead of the minimum-radius class (csrc/ops.cpp).
     """
     _check_inputs(z, target, lip, mask)
+    check_contiguous(z=z, target=target, lip=lip, mask=mask, bias=bias)
     B, M, C = z.shape
     acc = opmath_dtype(z.dtype)
     radius = torch.empty((B,), dtype=acc, device=z.device)
@@ -322,6 +324,8 @@ def backward(
     (q = inf: the whole derivative goes to the first modality attaining the max).
     """
     _check_inputs(z, target, lip, mask)
+    check_contiguous(grad_radius=grad_radius, grad_margin=grad_margin, target=target, lip=lip,
+                     mask=mask, margin=margin, runner_up=runner_up)
     B, M, C = z.shape
     acc = opmath_dtype(z.dtype)
     if B == 0 or C == 1:  # C == 1: radius and margin are constants

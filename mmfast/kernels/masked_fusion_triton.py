@@ -17,6 +17,7 @@ from mmfast.kernels._common import (
     as_bytes,
     autotune,
     cast_for_store,
+    check_contiguous,
     check_float_dtype,
     on_input_device,
     opmath_dtype,
@@ -162,6 +163,7 @@ def forward(
     Inputs contiguous, mask bool (B, M), weight None or (B, M) opmath (csrc/ops.cpp).
     """
     _check_inputs(x, mask, weight)
+    check_contiguous(x=x, mask=mask, weight=weight)
     B, M, D = x.shape
     y = torch.empty((B, D), dtype=x.dtype, device=x.device)
     denom = torch.empty((B,), dtype=opmath_dtype(x.dtype), device=x.device)
@@ -201,6 +203,7 @@ def backward(
     (the difference of the two sums cancels) and saves one (B, D) read.
     """
     _check_inputs(x, mask, weight)
+    check_contiguous(grad_y=grad_y, x=x, mask=mask, weight=weight, denom=denom)
     B, M, D = x.shape
     grad_x = torch.empty_like(x)
     acc = opmath_dtype(x.dtype)

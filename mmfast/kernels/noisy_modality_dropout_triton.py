@@ -23,6 +23,7 @@ from mmfast.kernels._common import (
     as_bytes,
     autotune,
     cast_for_store,
+    check_contiguous,
     check_float_dtype,
     interpreting,
     on_input_device,
@@ -153,6 +154,7 @@ def forward(
     reference's Philox streams keyed by (seed, offset).
     """
     check_float_dtype(x, "x")
+    check_contiguous(x=x)
     if x.dim() == 0:
         raise ValueError("noisy_modality_dropout_triton: x must have a batch dimension, got 0-d")
     B = x.shape[0]

@@ -19,6 +19,7 @@ from mmfast.kernels._common import (
     as_bytes,
     autotune,
     cast_for_store,
+    check_contiguous,
     check_float_dtype,
     first_argmin,
     on_input_device,
@@ -139,6 +140,7 @@ def _accuracy_kernel(
 
 def _check_inputs(z, subsets, weight, present) -> None:
     check_float_dtype(z, "z")
+    check_contiguous(z=z, subsets=subsets, weight=weight, present=present)
     if z.dim() != 3:
         raise ValueError(f"subset_ops_triton: z must be (B, M, C), got {tuple(z.shape)}")
     B, M, _ = z.shape
@@ -217,6 +219,7 @@ def subset_accuracy(
     S = subsets.shape[0]
     if tuple(target.shape) != (B,):
         raise ValueError(f"subset_ops_triton: target must be ({B},), got {tuple(target.shape)}")
+    check_contiguous(target=target)
     if B == 0 or S == 0 or C == 0:
         return torch.zeros((S,), dtype=torch.int64, device=z.device)
     partial = torch.zeros((_max_programs(B, M, C), S), dtype=torch.int32, device=z.device)

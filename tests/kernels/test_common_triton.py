@@ -68,3 +68,14 @@ def test_cast_for_store_rounds_to_nearest_even(dtype):
     dst = torch.empty(1024, dtype=dtype, device=device)
     _store_kernel[(1,)](src, dst, N=1024)
     torch.testing.assert_close(dst, src.to(dtype), atol=0, rtol=0)
+
+
+def test_launchers_reject_strided_views():
+    """Kernels index raw pointers: a strided view must fail loudly, not be misread."""
+    from mmfast.kernels import masked_fusion_triton as mf
+
+    device = kernel_device()
+    x = torch.randn(4, 3, 6, device=device).transpose(0, 2).contiguous().transpose(0, 2)
+    mask = torch.ones(4, 3, dtype=torch.bool, device=device)
+    with pytest.raises(ValueError, match=r"x must be contiguous, got shape \(4, 3, 6\)"):
+        mf.forward(x, mask, None, True)
