@@ -155,9 +155,10 @@ MMFAST_DEVICE int64_t global_thread_count() {
 }
 
 // Rows are owned by aligned groups of `lanes` (a power of two <= 32) threads of one warp, so a
-// warp holds 32 / lanes rows at a time. The row loop is uniform across the warp (every lane
-// runs the same number of iterations, `active` says whether its row exists), which keeps the
-// full-warp shuffles in group_sum / group reductions legal.
+// warp holds 32 / lanes rows at a time. Kernels that shuffle across a group run their row loop
+// uniformly across the warp with warp_active (every lane runs the same iterations; `row < rows`
+// says whether its own row exists), which keeps the full-warp shuffles of group_sum and the
+// group reductions legal; kernels without shuffles may simply loop while row < rows.
 struct LaneGroup {
   int lanes;          // threads per row
   int lane;           // this thread's index inside its group
