@@ -118,6 +118,8 @@ class TRMLModel(MultiModalModel):
         self.generator = CrossModalGenerator([embed_dim] * m, range(m), hidden)
         self.head = nn.Linear(embed_dim, num_classes)
         self.virtual_weight = float(virtual_weight)
+        # Unit-norm slots have entries ~ 1/sqrt(E): rescale so the head starts at the usual scale.
+        self.slot_scale = float(embed_dim) ** 0.5
 
     def embed(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """(B, M, E) unit-normalised embeddings in the aligned space."""
@@ -134,7 +136,8 @@ class TRMLModel(MultiModalModel):
         with weight 1 (real) or ``virtual_weight`` (virtual)."""
         slots = torch.where(mask.unsqueeze(-1), embeddings, virtual)
         weight = torch.where(mask, 1.0, self.virtual_weight).to(slots.dtype)
-        logits, _ = ops.masked_fusion(self.head(slots), torch.ones_like(mask), weight)
+        scores = self.head(slots * self.slot_scale)
+        logits, _ = ops.masked_fusion(scores, torch.ones_like(mask), weight)
         return logits
 
     def forward(self, inputs: Mapping[str, Tensor], mask: Tensor) -> MultiModalOutput:
