@@ -19,11 +19,68 @@ inline opmath_t row_divisor(opmath_t denom, bool normalize) {
   return normalize && denom > 0 ? denom : opmath_t(1);
 }
 
+// out_d = (sum_{j < K} w_j rows_j[d]) / divisor with K fixed at compile time: the j loop
+// unrolls and the d loop vectorises, summing in modality order in registers.
+template <int K, typename T>
+inline void fixed_rows_sum(const T* const* rows, const T* w, int64_t n, T divisor,
+                           T* __restrict out) {
+  for (int64_t d = 0; d < n; ++d) {
+    T acc = w[0] * rows[0][d];
+    for (int j = 1; j < K; ++j) acc += w[j] * rows[j][d];
+    out[d] = acc / divisor;
+  }
+}
+
+// The same for any count (more than 8 modalities: an accumulator pass per modality).
+template <typename T>
+inline void weighted_rows_sum(const T* const* rows, const T* w, int64_t count, int64_t n,
+                              T divisor, T* __restrict out) {
+  switch (count) {
+    case 0: std::fill(out, out + n, T(0)); return;
+    case 1: return fixed_rows_sum<1>(rows, w, n, divisor, out);
+    case 2: return fixed_rows_sum<2>(rows, w, n, divisor, out);
+    case 3: return fixed_rows_sum<3>(rows, w, n, divisor, out);
+    case 4: return fixed_rows_sum<4>(rows, w, n, divisor, out);
+    case 5: return fixed_rows_sum<5>(rows, w, n, divisor, out);
+    case 6: return fixed_rows_sum<6>(rows, w, n, divisor, out);
+    case 7: return fixed_rows_sum<7>(rows, w, n, divisor, out);
+    case 8: return fixed_rows_sum<8>(rows, w, n, divisor, out);
+    default: break;
+  }
+  for (int64_t d = 0; d < n; ++d) out[d] = w[0] * rows[0][d];
+  for (int64_t j = 1; j < count; ++j) {
+    const T wj = w[j];
+    const T* __restrict r = rows[j];
+    for (int64_t d = 0; d < n; ++d) out[d] += wj * r[d];
+  }
+  for (int64_t d = 0; d < n; ++d) out[d] /= divisor;
+}
+
+// Rows read ahead of use. Skipping absent modalities leaves holes in the access stream that
+// the hardware prefetcher does not bridge; software prefetch of a later row's present
+// modalities restores the streaming rate.
+constexpr int64_t kPrefetchRows = 2;
+
+template <typename scalar_t>
+inline void prefetch_present_rows(const scalar_t* x, const bool* mask, int64_t b, int64_t end,
+                                  int64_t M, int64_t D) {
+  if (b >= end) return;
+  constexpr int64_t kLine = 64 / sizeof(scalar_t);
+  for (int64_t m = 0; m < M; ++m) {
+    if (!mask[b * M + m]) continue;
+    const scalar_t* row = x + (b * M + m) * D;
+    for (int64_t d = 0; d < D; d += kLine) __builtin_prefetch(row + d);
+  }
+}
+
+// Modalities of weight 0 are never read: for finite x the result is the reference's (a
+// zero term adds exactly 0), and a missing modality's NaN/inf filler cannot leak into y.
 template <typename scalar_t>
 void masked_fusion_rows(const at::Tensor& x, const at::Tensor& mask,
                         const std::optional<at::Tensor>& weight, bool normalize, at::Tensor& y,
                         at::Tensor& denom) {
   using opmath_t = at::opmath_type<scalar_t>;
+  constexpr bool kSameType = std::is_same_v<scalar_t, opmath_t>;
   const int64_t B = x.size(0), M = x.size(1), D = x.size(2);
   const scalar_t* x_data = x.const_data_ptr<scalar_t>();
   const bool* mask_data = mask.const_data_ptr<bool>();
@@ -32,25 +89,34 @@ void masked_fusion_rows(const at::Tensor& x, const at::Tensor& mask,
   opmath_t* denom_data = denom.mutable_data_ptr<opmath_t>();
 
   parallel_rows(B, M * D, [&](int64_t begin, int64_t end) {
-    ModalityArray<opmath_t> w(M);
-    opmath_t acc[kChunk], buf[kChunk];
+    ModalityArray<opmath_t> w(M), used_w(M);
+    ModalityArray<const opmath_t*> rows(M);
+    std::vector<opmath_t> converted(kSameType ? 0 : (M + 1) * kChunk);
     for (int64_t b = begin; b < end; ++b) {
       const opmath_t den = row_weights(mask_data + b * M,
                                        weight_data ? weight_data + b * M : nullptr, M, w.data());
       denom_data[b] = den;
       const opmath_t divisor = row_divisor(den, normalize);
+      int64_t count = 0;
+      for (int64_t m = 0; m < M; ++m) {
+        if (w[m] != opmath_t(0)) used_w[count++] = w[m];
+      }
+      prefetch_present_rows(x_data, mask_data, b + kPrefetchRows, end, M, D);
       for (int64_t d0 = 0; d0 < D; d0 += kChunk) {
         const int64_t n = std::min(kChunk, D - d0);
-        std::fill(acc, acc + n, opmath_t(0));
-        for (int64_t m = 0; m < M; ++m) {
-          const opmath_t* __restrict xs = as_opmath(x_data + (b * M + m) * D + d0, buf, n);
-          const opmath_t wm = w[m];
-          for (int64_t d = 0; d < n; ++d) acc[d] += wm * xs[d];
+        for (int64_t m = 0, j = 0; m < M; ++m) {
+          if (w[m] == opmath_t(0)) continue;
+          const scalar_t* xm = x_data + (b * M + m) * D + d0;
+          rows[j] = as_opmath(xm, converted.data() + j * kChunk, n);
+          ++j;
         }
-        if (divisor != opmath_t(1)) {
-          for (int64_t d = 0; d < n; ++d) acc[d] /= divisor;
+        if constexpr (kSameType) {
+          weighted_rows_sum(rows.data(), used_w.data(), count, n, divisor, y_data + b * D + d0);
+        } else {
+          opmath_t* out = converted.data() + M * kChunk;
+          weighted_rows_sum(rows.data(), used_w.data(), count, n, divisor, out);
+          store_from_opmath(out, y_data + b * D + d0, n);
         }
-        store_from_opmath(acc, y_data + b * D + d0, n);
       }
     }
   });
