@@ -113,23 +113,23 @@ def _accuracy_kernel(
     rows = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     ms = tl.arange(0, BLOCK_M)
     row_ok = rows < B
-    target = tl.load(target_ptr + rows, mask=row_ok, other=-1)
+    target = tl.load(target_ptr + rows, mask=row_ok, other=-1).to(tl.int32)
     w = _fusion_weights(weight_ptr, present_ptr, rows, row_ok, ms, M, HAS_WEIGHT, HAS_PRESENT,
                         ACC)
-    lanes = tl.arange(0, BLOCK_C).to(tl.int64)
+    lanes = tl.arange(0, BLOCK_C)  # class indices fit in int32: fewer registers
     if ONE_CHUNK:
         z = _load_z(z_ptr, rows, row_ok, ms, lanes, M, C, ACC)
     for s in range(S):
         ws, divisor = _subset_weights(subsets_ptr, s, w, ms, M)
         best_key = tl.full([BLOCK_B], float("inf"), ACC)
-        best_k = tl.full([BLOCK_B], C, tl.int64)
+        best_k = tl.full([BLOCK_B], C, tl.int32)
         for c0 in range(0, C, BLOCK_C):
             ks = c0 + lanes
             if not ONE_CHUNK:
                 z = _load_z(z_ptr, rows, row_ok, ms, ks, M, C, ACC)
             scores = tl.sum(ws[:, :, None] * z, axis=1) / divisor[:, None]
             valid = row_ok[:, None] & (ks < C)[None, :]
-            index = ks[None, :] + tl.zeros([BLOCK_B, BLOCK_C], dtype=tl.int64)
+            index = ks[None, :] + tl.zeros([BLOCK_B, BLOCK_C], dtype=tl.int32)
             chunk_key, chunk_k = first_argmin(-scores, valid, index, C)
             take = replaces_running_min(best_key, best_k, chunk_key, chunk_k, C)
             best_key = tl.where(take, chunk_key, best_key)
@@ -155,8 +155,8 @@ def _check_inputs(z, subsets, weight, present) -> None:
 
 def _launch(kernel, leading: tuple, z, subsets, weight, present, trailing: tuple,
             grid_over_classes: bool) -> None:
-    """Launches ``kernel(*leading, z, subsets, weight, present, *trailing, B, C, S, ...)``
-    over row blocks (and class blocks)."""
+    """Launches ``kernel(*leading, subsets, weight, present, *trailing, B, C, S, ...)`` over
+    row blocks (and class blocks); ``leading`` starts with z, whose shape sizes the grid."""
     B, M, C = z.shape
 
     def grid(meta):
