@@ -125,3 +125,19 @@ def test_fit_picks_the_hard_combination_and_round_trips(tmp_path, tiny_data, tin
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch, val["mask"]).logits,
                                    model(batch, val["mask"]).logits)
+
+
+@pytest.mark.parametrize("name", ["udml", "dmrnet", "mmanet"])
+def test_absent_modalities_do_not_change_the_output(name, tiny_data, tiny_cfg):
+    # The model contract (mmfast.nn.model): the content of an absent modality is irrelevant.
+    train, _ = tiny_data
+    method = create_method(name)
+    model = method.build_model(ModelSpec.from_data(train, tiny_cfg.widths, tiny_cfg.feature_dim))
+    model.eval()
+    if name == "udml":
+        model.head.dynamic.fill_(True)  # uncertainty-weighted fusion
+    mask = torch.tensor([[True, False, True]] * 8)
+    batch = {m: train[m][:8] for m in model.modalities}
+    garbage = dict(batch, audio=torch.randn_like(batch["audio"]) * 100)
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch, mask).logits, model(garbage, mask).logits)
