@@ -23,7 +23,7 @@ import os
 import wave
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from scipy.signal import resample_poly
 
 from mmfast.data.fileio import write_bytes_atomic
 from mmfast.data.manifest import SPLITS, Sample, write_manifest
-from mmfast.data.speech import DIGIT_WORDS, get_speaker
+from mmfast.data.speech import DIGIT_WORDS, say_in_fresh_process
 from mmfast.data.video_io import encode_webm
 from mmfast.nn.model import MODALITIES
 
@@ -158,23 +158,16 @@ def _coloured_noise(rng: np.random.Generator, n: int) -> np.ndarray:
 def speak_digits(cfg: AVDigitsConfig, plan: list[tuple[int, str, int, int]]
                  ) -> list[np.ndarray]:
     """The spoken word of every planned sample (float64 at cfg.sample_rate), with a voice,
-    speed and pitch drawn from (seed, index).
-
-    espeak-ng keeps state from earlier utterances (voice variant attributes) that reseeding and
-    re-initialising do not reset, so :func:`make_avdigits` runs this in a fresh process, in
-    plan order: the bytes then depend on the seed only, whatever ran before and however many
-    rendering workers there are."""
-    speaker = get_speaker()
-    words = []
+    speed and pitch drawn from (seed, index), synthesized in a fresh process so the bytes
+    depend on the seed only (see :func:`~mmfast.data.speech.say_in_fresh_process`)."""
+    utterances = []
     for i, _split, label, _k in plan:
         rng = np.random.default_rng([cfg.seed, i, 101])
         voice = VOICES[int(rng.integers(len(VOICES)))]
-        speech = speaker.say(DIGIT_WORDS[label], voice, rate=int(rng.integers(120, 260)),
-                             pitch=int(rng.integers(15, 90)),
-                             pitch_range=int(rng.integers(10, 90)), seed=i)
-        words.append(resample_poly(speech.astype(np.float64), cfg.sample_rate,
-                                   speaker.sample_rate))
-    return words
+        utterances.append((DIGIT_WORDS[label], voice, int(rng.integers(120, 260)),
+                           int(rng.integers(15, 90)), int(rng.integers(10, 90)), i))
+    clips, rate = say_in_fresh_process(utterances)
+    return [resample_poly(c.astype(np.float64), cfg.sample_rate, rate) for c in clips]
 
 
 def render_audio(rng: np.random.Generator, speech: np.ndarray, severity: float,
@@ -287,9 +280,8 @@ def make_avdigits(out: str | os.PathLike, config: AVDigitsConfig | None = None, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = _plan(cfg)
-    with get_context("spawn").Pool(1) as pool:  # fresh espeak-ng state (see speak_digits)
-        words = pool.apply(speak_digits, (cfg, plan))
-    jobs = [(str(out), cfg, item, speech) for item, speech in zip(plan, words)]
+    jobs = [(str(out), cfg, item, speech)
+            for item, speech in zip(plan, speak_digits(cfg, plan))]
     samples: list[Sample] = []
     if workers == 1:
         for job in jobs:
@@ -297,7 +289,9 @@ def make_avdigits(out: str | os.PathLike, config: AVDigitsConfig | None = None, 
             if progress:
                 progress(len(samples), len(jobs))
     else:
-        with get_context("spawn").Pool(workers) as pool:
+        # fork: workers inherit the imported modules (a spawned one re-imports torch: seconds)
+        method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        with get_context(method).Pool(workers) as pool:
             for sample in pool.imap(_make_sample, jobs, chunksize=8):
                 samples.append(sample)
                 if progress:

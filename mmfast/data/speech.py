@@ -10,6 +10,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +117,45 @@ class Speaker:
 def get_speaker() -> Speaker:
     """The process-wide :class:`Speaker` (espeak-ng is a global state machine)."""
     return Speaker()
+
+
+#: One utterance: (text, voice, rate, pitch, pitch_range, seed), the arguments of Speaker.say.
+Utterance = tuple[str, str, int, int, int, int]
+
+
+def say_in_fresh_process(utterances: Sequence[Utterance]) -> tuple[list[np.ndarray], int]:
+    """Speak ``utterances`` in a new Python process; returns the int16 clips and the rate.
+
+    espeak-ng keeps state from earlier utterances (voice variant attributes) that reseeding and
+    re-initialising do not reset, so the same call gives the same samples only from a fresh
+    library state. This module runs as a script (numpy + ctypes only: fast to start).
+    """
+    request = json.dumps([list(u) for u in utterances]).encode()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve())], input=request,
+                          capture_output=True, check=False)
+    if proc.returncode == 3:
+        raise SpeechUnavailableError(proc.stderr.decode().strip())
+    if proc.returncode != 0:
+        raise RuntimeError(f"speech process failed ({proc.returncode}): "
+                           f"{proc.stderr.decode().strip()[-2000:]}")
+    with np.load(io.BytesIO(proc.stdout), allow_pickle=False) as npz:
+        rate = int(npz["rate"])
+        return [npz[f"u{i}"] for i in range(len(utterances))], rate
+
+
+def _serve() -> int:
+    """Script entry: JSON utterances on stdin -> npz (u0, u1, ..., rate) on stdout."""
+    try:
+        speaker = Speaker()
+    except SpeechUnavailableError as exc:
+        print(exc, file=sys.stderr)
+        return 3
+    clips = {f"u{i}": speaker.say(*u) for i, u in enumerate(json.loads(sys.stdin.buffer.read()))}
+    buf = io.BytesIO()
+    np.savez(buf, rate=np.int64(speaker.sample_rate), **clips)
+    sys.stdout.buffer.write(buf.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_serve())
