@@ -6,6 +6,7 @@
 
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/cpu_utils.h"
@@ -24,14 +25,34 @@ DualNorm dual_norm_kind(double q) {
 }
 
 // Accumulates one term v >= 0 into the running norm state `s` (sum, sum of squares, max or
-// sum of powers), as reference._safe_norm does along m.
+// sum of powers), as reference._safe_norm does along m. kKind is a template parameter so the
+// per-class loops carry no switch and vectorise.
+template <DualNorm kKind, typename T>
+inline T norm_step(T s, T v, T q) {
+  if constexpr (kKind == DualNorm::kOne) return s + v;
+  if constexpr (kKind == DualNorm::kTwo) return s + v * v;
+  if constexpr (kKind == DualNorm::kInf) return (std::isnan(v) || v > s) ? v : s;
+  if constexpr (kKind == DualNorm::kPow) return s + std::pow(v, q);
+}
+
 template <typename T>
 inline T norm_accumulate(DualNorm kind, T s, T v, T q) {
   switch (kind) {
-    case DualNorm::kOne: return s + v;
-    case DualNorm::kTwo: return s + v * v;
-    case DualNorm::kInf: return (std::isnan(v) || v > s) ? v : s;
-    default: return s + std::pow(v, q);
+    case DualNorm::kOne: return norm_step<DualNorm::kOne>(s, v, q);
+    case DualNorm::kTwo: return norm_step<DualNorm::kTwo>(s, v, q);
+    case DualNorm::kInf: return norm_step<DualNorm::kInf>(s, v, q);
+    default: return norm_step<DualNorm::kPow>(s, v, q);
+  }
+}
+
+// Calls fn(std::integral_constant<DualNorm, kind>{}) with `kind` as a compile-time constant.
+template <typename F>
+inline void with_norm_kind(DualNorm kind, const F& fn) {
+  switch (kind) {
+    case DualNorm::kOne: return fn(std::integral_constant<DualNorm, DualNorm::kOne>{});
+    case DualNorm::kTwo: return fn(std::integral_constant<DualNorm, DualNorm::kTwo>{});
+    case DualNorm::kInf: return fn(std::integral_constant<DualNorm, DualNorm::kInf>{});
+    default: return fn(std::integral_constant<DualNorm, DualNorm::kPow>{});
   }
 }
 
@@ -94,7 +115,7 @@ MarginInputs<scalar_t> margin_inputs(const at::Tensor& z, const at::Tensor& targ
           z.size(2)};
 }
 
-template <typename scalar_t>
+template <typename scalar_t, DualNorm kKind>
 void certified_margin_rows(const at::Tensor& z, const at::Tensor& target, const at::Tensor& lip,
                            const std::optional<at::Tensor>& mask,
                            const std::optional<at::Tensor>& bias, double q, bool top_rival,
@@ -103,7 +124,7 @@ void certified_margin_rows(const at::Tensor& z, const at::Tensor& target, const 
   const auto in = margin_inputs<scalar_t>(z, target, lip, mask);
   const int64_t B = z.size(0), M = in.M, C = in.C;
   const opmath_t* bias_data = optional_data<opmath_t>(bias);
-  const DualNorm kind = dual_norm_kind(q);
+  constexpr DualNorm kind = kKind;
   const opmath_t qv = static_cast<opmath_t>(q);
   opmath_t* radius_data = radius.mutable_data_ptr<opmath_t>();
   opmath_t* margin_data = margin.mutable_data_ptr<opmath_t>();
@@ -133,10 +154,10 @@ void certified_margin_rows(const at::Tensor& z, const at::Tensor& target, const 
         if (in.lip_per_pair) {
           const opmath_t* __restrict lm = in.lip + (m * C + y) * C;
           for (int64_t k = 0; k < C; ++k) {
-            norm_state[k] = norm_accumulate(kind, norm_state[k], pm * lm[k], qv);
+            norm_state[k] = norm_step<kKind>(norm_state[k], pm * lm[k], qv);
           }
         } else {
-          norm_state[0] = norm_accumulate(kind, norm_state[0], pm * in.lip[m], qv);
+          norm_state[0] = norm_step<kKind>(norm_state[0], pm * in.lip[m], qv);
         }
       }
       if (bias_data != nullptr) {
@@ -202,8 +223,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_margin_cpu(
   at::Tensor margin = at::empty({B}, z.options().dtype(opmath));
   at::Tensor runner_up = at::empty({B}, z.options().dtype(at::kLong));
   MMFAST_DISPATCH_FLOATING(z.scalar_type(), "certified_margin_cpu", [&] {
-    certified_margin_rows<scalar_t>(z, target, lip, mask, bias, q, top_rival, radius, margin,
-                                    runner_up);
+    with_norm_kind(dual_norm_kind(q), [&](auto kind) {
+      certified_margin_rows<scalar_t, decltype(kind)::value>(z, target, lip, mask, bias, q,
+                                                             top_rival, radius, margin,
+                                                             runner_up);
+    });
   });
   return {radius, margin, runner_up};
 }
