@@ -8,12 +8,12 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
-#include <c10/util/SmallVector.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 namespace mmfast::cpu {
 
@@ -123,8 +123,9 @@ inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
   return sum;
 }
 
-// Per-row scratch sized by the modality count (M <= 8 in DESIGN.md stays on the stack).
+// Per-row scratch sized by the modality count, allocated once per parallel chunk.
+// (c10::SmallVector(size) trips GCC 12's -Wmaybe-uninitialized.)
 template <typename T>
-using ModalityArray = c10::SmallVector<T, 8>;
+using ModalityArray = std::vector<T>;
 
 }  // namespace mmfast::cpu
