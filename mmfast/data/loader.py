@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nvidia.dali.tensors import TensorListGPU
 from torch import Tensor
 
 from mmfast.data.arrays import read_array
@@ -98,23 +99,27 @@ class _BatchSource:
             raise StopIteration
         rows = self._order[self._pos:self._pos + self._batch_size]
         self._pos += len(rows)
-        valid = [1] * len(rows) + [0] * (self._batch_size - len(rows))
-        rows = rows + [rows[-1]] * (self._batch_size - len(rows))
         columns: list[list[np.ndarray]] = [[] for _ in self._readers]
         meta = []
-        for row, ok in zip(rows, valid):
+        for row in rows:
             present = []
             for m in range(len(self._readers)):
                 data, here = self._read(row, m)
                 columns[m].append(data)
                 present.append(int(here))
-            meta.append(np.array([row, self._labels[row], ok, *present], dtype=np.int64))
+            meta.append(np.array([row, self._labels[row], 1, *present], dtype=np.int64))
+        pad = self._batch_size - len(rows)  # repeat the last row, flagged invalid
+        for column in columns:
+            column.extend([column[-1]] * pad)
+        invalid = meta[-1].copy()
+        invalid[2] = 0
+        meta.extend([invalid] * pad)
         return (*columns, meta)
 
 
 def _to_torch(tensor_list, device: torch.device) -> Tensor:
     """A dense DALI TensorList (CPU or GPU) as a torch tensor on ``device``."""
-    if hasattr(tensor_list, "as_cpu") and type(tensor_list).__name__.endswith("GPU"):
+    if isinstance(tensor_list, TensorListGPU):
         from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
         dense = tensor_list.as_tensor()
         out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype],
