@@ -19,6 +19,7 @@ def test_resolve_methods_expands_all_and_rejects_unknown():
         demo.resolve_methods(["nope"])
 
 
+@pytest.mark.slow
 def test_demo_trains_evaluates_and_reports(tmp_path, monkeypatch):
     splits = {"train": synthetic_split(48, seed=0), "val": synthetic_split(16, seed=1),
               "test": synthetic_split(24, seed=2)}

@@ -87,7 +87,8 @@ class EvalConfig:
     attack_steps: int = 4
     attack_samples: int | None = 512  # rows attacked (a seeded random subset); None = all
     clamp: dict[str, tuple[float, float]] | None = None  # valid input range per modality
-    certify_radii: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+    certify_radii: tuple[float, ...] = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2,
+                                        0.5)
     certify_check_eps: tuple[float, ...] | None = None  # soundness-check PGD budgets (None:
     # attack_eps); a certified radius beyond a misclassified PGD example is a violation
 
@@ -131,11 +132,13 @@ class EvalConfig:
 
 #: Named EvalConfig overrides (see :meth:`EvalConfig.preset`).
 EVAL_PRESETS: dict[str, dict[str, Any]] = {
-    "small": {"attack_samples": 100, "attack_eps": (0.0, 0.5, 1.0, 2.0)},
+    "small": {"attack_samples": 100, "attack_eps": (0.0, 0.05, 0.1, 0.2, 0.5),
+              "gaussian_sigmas": (0.0, 0.5, 1.0, 2.0),
+              "salt_pepper_densities": (0.0, 0.1, 0.2, 0.4)},
     "gpu": {"batch_size": 512, "attack_samples": None,
             "gaussian_sigmas": (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
             "salt_pepper_densities": (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4),
-            "attack_eps": (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)},
+            "attack_eps": (0.0, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)},
 }
 
 

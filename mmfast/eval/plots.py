@@ -138,6 +138,9 @@ def plot_certify(results: Results, path: Path) -> Path | None:
             ax.plot(r["radii"], est["min"]["certified_accuracy"], style,
                     label=f"{method} [{name}, {est['kind']}]", **_style(i))
             i += 1
+    positive = [r for res in data.values() for r in res["radii"] if r > 0]
+    if positive:  # radii span decades (sound bounds are small): linear near 0, log beyond
+        ax.set_xscale("symlog", linthresh=min(positive))
     ax.set_xlabel("l2 radius (joint over modalities)")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(-0.02, 1.02)
