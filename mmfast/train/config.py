@@ -112,8 +112,11 @@ class TrainConfig:
 
 #: Named presets. "small" is sized for the 15-minute demo on 2 CPU cores.
 PRESETS: dict[str, dict[str, Any]] = {
+    # temporal="frames": a shared per-frame CNN pooled over time. On avdigits (late fusion,
+    # 2026-11-23) video alone 0.375 vs 0.115 with frames stacked as channels, all three 0.76
+    # vs 0.61, for 2x the (small) training time.
     "small": dict(epochs=15, batch_size=32, lr=3e-3, widths=(16, 32), feature_dim=32,
-                  stem_stride=2, temporal="stack", amp="none", device="auto"),
+                  stem_stride=2, temporal="frames", amp="none", device="auto"),
     "gpu": dict(epochs=30, batch_size=128, lr=1e-3, widths=(32, 64, 128), feature_dim=128,
                 stem_stride=1, temporal="frames", amp="auto", device="auto"),
 }

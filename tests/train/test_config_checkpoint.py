@@ -12,7 +12,7 @@ from mmfast.train.metrics import JsonlLogger
 
 def test_presets_and_round_trip():
     small, gpu = TrainConfig.preset("small"), TrainConfig.preset("gpu", epochs=3)
-    assert small.stem_stride == 2 and small.temporal == "stack" and small.amp == "none"
+    assert small.stem_stride == 2 and small.temporal == "frames" and small.amp == "none"
     assert gpu.epochs == 3 and gpu.widths[-1] > small.widths[-1]
     again = TrainConfig.from_dict(json.loads(json.dumps(gpu.to_dict())))
     assert again == gpu
