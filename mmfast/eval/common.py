@@ -32,6 +32,7 @@ __all__ = [
     "drop_modalities",
     "predict",
     "subset_name",
+    "protocol_results",
     "write_json_atomic",
     "write_text_atomic",
     "write_bytes_atomic",
@@ -221,6 +222,15 @@ def accuracy(pred: Tensor, label: Tensor) -> float:
 def subset_name(subset: Tensor, names: tuple[str, ...]) -> str:
     """"video+audio" for the bool row (True, True, False)."""
     return "+".join(m for m, present in zip(names, subset.tolist()) if present)
+
+
+def protocol_results(
+    results: Mapping[str, Mapping], protocol: str, include_skipped: bool = False
+) -> dict[str, Mapping]:
+    """{method: results[method][protocol]} for the methods that ran ``protocol``."""
+    return {m: r[protocol] for m, r in results.items()
+            if isinstance(r.get(protocol), Mapping)
+            and (include_skipped or "skipped" not in r[protocol])}
 
 
 # ------------------------------------------------------------------------------ output

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mmfast.eval.common import write_bytes_atomic  # noqa: E402
+from mmfast.eval.common import protocol_results, write_bytes_atomic  # noqa: E402
 
 __all__ = ["plot_subsets", "plot_missing_rate", "plot_noise", "plot_attack", "plot_certify"]
 
@@ -29,12 +29,6 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return write_bytes_atomic(path, buffer.getvalue())
-
-
-def _with(results: Results, protocol: str) -> dict[str, Mapping]:
-    """Methods that ran ``protocol`` (and were not skipped)."""
-    return {m: r[protocol] for m, r in results.items()
-            if isinstance(r.get(protocol), Mapping) and "skipped" not in r[protocol]}
 
 
 def _style(i: int) -> dict:
@@ -58,7 +52,7 @@ def _finish(fig, axes, ylabel: str = "accuracy") -> None:
 
 def plot_subsets(results: Results, path: Path) -> Path | None:
     """Grouped bars: accuracy on every missing-modality subset, one bar per method."""
-    data = _with(results, "missing_subsets")
+    data = protocol_results(results, "missing_subsets")
     if not data:
         return None
     subsets = next(iter(data.values()))["subsets"]
@@ -93,7 +87,7 @@ def _curves(data: Mapping[str, Mapping], x_key: str, targets: list[str], title: 
 
 def plot_missing_rate(results: Results, path: Path) -> Path | None:
     """Accuracy vs the fraction of test samples missing modality m, one panel per m."""
-    data = _with(results, "missing_rate")
+    data = protocol_results(results, "missing_rate")
     if not data:
         return None
     targets = list(next(iter(data.values()))["accuracy"])
@@ -103,7 +97,7 @@ def plot_missing_rate(results: Results, path: Path) -> Path | None:
 
 def plot_noise(results: Results, path: Path, kind: str) -> Path | None:
     """Accuracy vs noise level (``kind`` "gaussian" or "salt_pepper") per corrupted target."""
-    data = {m: r[kind] for m, r in _with(results, "noise").items()}
+    data = {m: r[kind] for m, r in protocol_results(results, "noise").items()}
     if not data:
         return None
     x_key = "sigmas" if kind == "gaussian" else "densities"
@@ -116,7 +110,7 @@ def plot_noise(results: Results, path: Path, kind: str) -> Path | None:
 
 def plot_attack(results: Results, path: Path, kind: str) -> Path | None:
     """Accuracy vs l2 budget under ``kind`` ("fgm" or "pgd"), one panel per budget."""
-    data = _with(results, "attack")
+    data = protocol_results(results, "attack")
     if not data:
         return None
     targets = next(iter(data.values()))["budgets"]
@@ -127,7 +121,7 @@ def plot_attack(results: Results, path: Path, kind: str) -> Path | None:
 
 def plot_certify(results: Results, path: Path) -> Path | None:
     """Certified accuracy vs radius; solid = sound Lipschitz bound, dashed = empirical."""
-    data = _with(results, "certify")
+    data = protocol_results(results, "certify")
     if not data:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.0))

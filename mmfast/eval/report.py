@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mmfast.eval import plots
 from mmfast.eval.claims import check_claims
-from mmfast.eval.common import write_text_atomic
+from mmfast.eval.common import protocol_results, write_text_atomic
 
 __all__ = ["write_report", "load_run"]
 
@@ -89,10 +89,6 @@ def _image(figures, key: str, alt: str) -> list[str]:
     return [f"![{alt}]({figures[key]})", ""] if key in figures else []
 
 
-def _with(results, protocol) -> dict[str, Mapping]:
-    return {m: r[protocol] for m, r in results.items() if isinstance(r.get(protocol), Mapping)}
-
-
 def _overview(results, stats) -> list[str]:
     first = next(iter(results.values()))
     lines = ["## Methods", "",
@@ -134,7 +130,7 @@ def _claims(results) -> list[str]:
 
 
 def _subsets_section(results, figures) -> list[str]:
-    data = _with(results, "missing_subsets")
+    data = protocol_results(results, "missing_subsets")
     if not data:
         return []
     subsets = next(iter(data.values()))["subsets"]
@@ -150,7 +146,7 @@ def _subsets_section(results, figures) -> list[str]:
 
 
 def _missing_rate_section(results, figures) -> list[str]:
-    data = _with(results, "missing_rate")
+    data = protocol_results(results, "missing_rate")
     if not data:
         return []
     rates = next(iter(data.values()))["rates"]
@@ -163,7 +159,7 @@ def _missing_rate_section(results, figures) -> list[str]:
 
 
 def _noise_section(results, figures) -> list[str]:
-    data = _with(results, "noise")
+    data = protocol_results(results, "noise")
     if not data:
         return []
     lines = ["## (c) Noise", "",
@@ -182,7 +178,7 @@ def _noise_section(results, figures) -> list[str]:
 
 
 def _attack_section(results, figures) -> list[str]:
-    data = _with(results, "attack")
+    data = protocol_results(results, "attack")
     if not data:
         return []
     first = next(iter(data.values()))
@@ -200,7 +196,7 @@ def _attack_section(results, figures) -> list[str]:
 
 
 def _certify_section(results, figures) -> list[str]:
-    data = _with(results, "certify")
+    data = protocol_results(results, "certify", include_skipped=True)
     if not data:
         return []
     lines = ["## (e) Certification", "",
