@@ -35,16 +35,16 @@ from torch import Tensor, nn
 from mmfast.nn.encoders import FrameEncoder, Standardize
 from mmfast.train.batches import batch_indices, dataset_size, inputs_of, take
 
-__all__ = ["ESTIMATORS", "layer_bound", "encoder_lipschitz_bound", "pair_table",
-           "empirical_class_lipschitz"]
+__all__ = ["ESTIMATORS", "SPECTRAL_SLACK", "layer_bound", "encoder_lipschitz_bound",
+           "pair_table", "empirical_class_lipschitz"]
 
 ESTIMATORS = ("empirical", "spectral")
-_SLACK = 1.0 + 1e-4
+SPECTRAL_SLACK = 1.0 + 1e-4  # relative slack for float32 rounding of the exact SVD norms
 _ONE_LIPSCHITZ = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Identity, nn.Flatten, nn.Dropout)
 
 
 def _spectral_norm(matrix: Tensor) -> float:
-    return float(torch.linalg.matrix_norm(matrix.detach().double(), ord=2)) * _SLACK
+    return float(torch.linalg.matrix_norm(matrix.detach().double(), ord=2)) * SPECTRAL_SLACK
 
 
 def _pair(v) -> tuple[int, int]:
@@ -120,8 +120,9 @@ def empirical_class_lipschitz(model, data: Mapping[str, Tensor], device: torch.d
                               max_samples: int | None = 512, batch_size: int = 128) -> Tensor:
     """tau (M, C): max over samples (having modality m) of ||grad_x^(m) W~_k^(m) phi^(m)(x)||.
 
-    ``model`` is a CRMT model (``model.head.unit_logits``). One fresh gradient per class, so
-    nothing accumulates across classes. Costs C backward passes per batch.
+    ``model`` has ``head.unit_logits`` (CRMT's normalised head, or the joint ConcatHead).
+    One fresh gradient per class, so nothing accumulates across classes. Costs C backward
+    passes per batch.
     """
     n = dataset_size(data)
     if max_samples is not None:

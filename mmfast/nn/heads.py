@@ -46,6 +46,16 @@ class ConcatHead(nn.Module):
         joint = torch.cat([f * present[:, m, None] for m, f in enumerate(features)], dim=1)
         return self.fc(joint), None, {}
 
+    def weight_block(self, m: int) -> Tensor:
+        """W^(m) (C, d_m): the columns of the fused layer that read modality m."""
+        start = sum(self.feature_dims[:m])
+        return self.fc.weight[:, start:start + self.feature_dims[m]]
+
+    def unit_logits(self, features: Sequence[Tensor]) -> Tensor:
+        """(B, M, C) z^(m) = W^(m) f^(m) without bias: the fused logits are sum_m p_m z^(m) + b,
+        the decomposition CRMT's certificate (and ``certified_margin``) needs."""
+        return torch.stack([f @ self.weight_block(m).t() for m, f in enumerate(features)], 1)
+
 
 class LateHead(nn.Module):
     """z^(m) = W^(m) f_m + b^(m); logits = mean of z^(m) over the present modalities."""

@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-from mmfast import ops
 from mmfast.methods import ModelSpec, create_method
 from mmfast.methods.crmt import certified_radius_loss, margin_regularizer, unit_logit_table
 from mmfast.methods.lipschitz import (
@@ -17,6 +16,10 @@ from mmfast.nn.model import CertifiableModel
 from mmfast.train import fit_method, load_checkpoint
 from mmfast.train.distributed import DistContext
 from mmfast.train.engine import TrainContext
+from tests.methods.certify_checks import (
+    check_lipschitz_bounds_actual_ratios,
+    check_radius_respected,
+)
 
 
 @pytest.fixture(scope="module")
@@ -100,42 +103,11 @@ def test_spectral_bound_dominates_empirical_and_actual_ratios(trained, tiny_data
     assert (spectral >= empirical).all()
     assert (pair_table(spectral, model.head.integration) >=
             pair_table(empirical, model.head.integration)).all()
-    lip = model.lipschitz["spectral"]
-    data = tiny_data_module[0]
-    gen = torch.Generator().manual_seed(0)
-    x = {m: data[m][:16] for m in model.modalities}
-    mask = torch.ones(16, 3, dtype=torch.bool)
-    with torch.no_grad():
-        z0, _ = model.certify_scores(x, mask)
-        for i, m in enumerate(model.modalities):
-            for scale in (1e-3, 1e-1, 3.0):
-                delta = torch.randn(x[m].shape, generator=gen) * scale
-                z1, _ = model.certify_scores({**x, m: x[m] + delta}, mask)
-                dz = (z1 - z0)[:, i]  # (B, C): change of modality m's folded scores
-                pair = (dz.unsqueeze(2) - dz.unsqueeze(1)).abs()  # |delta(z_y - z_k)|
-                ratio = pair / delta.flatten(1).norm(dim=1).view(-1, 1, 1)
-                assert (ratio <= lip[i].unsqueeze(0) + 1e-6).all()
+    check_lipschitz_bounds_actual_ratios(model, tiny_data_module[0])
 
 
 def test_certified_radius_is_respected_by_perturbations(trained, tiny_data_module):
-    model = trained[0].eval()
-    data = tiny_data_module[0]
-    x = {m: data[m][:32] for m in model.modalities}
-    mask = data["mask"][:32]
-    with torch.no_grad():
-        z, bias = model.certify_scores(x, mask)
-        pred = model(x, mask).logits.argmax(1)
-        radius, _, _ = ops.certified_margin(z, pred, model.lipschitz["spectral"], mask, bias,
-                                            2.0, "min")
-        assert (radius > 0).all()  # certified robustness w.r.t. the prediction
-        gen = torch.Generator().manual_seed(1)
-        for _ in range(5):
-            delta = {m: torch.randn(v.shape, generator=gen) for m, v in x.items()}
-            norm = torch.sqrt(sum(d.flatten(1).pow(2).sum(1) for d in delta.values()))
-            scale = 0.99 * radius / norm  # a joint l2 step just inside the certified ball
-            moved = {m: v + delta[m] * scale.view(-1, *[1] * (v.dim() - 1))
-                     for m, v in x.items()}
-            assert torch.equal(model(moved, mask).logits.argmax(1), pred)
+    check_radius_respected(trained[0].eval(), tiny_data_module[0])
 
 
 def test_empirical_estimate_resets_gradients_per_class(trained, tiny_data_module):
