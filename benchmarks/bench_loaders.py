@@ -21,9 +21,9 @@ import pytest
 import torch
 from torch import nn
 
+from mmfast._io import write_text_atomic
 from mmfast.data.avdigits import AVDigitsConfig, make_avdigits
 from mmfast.data.difficulty import ModalityCNN
-from mmfast.data.fileio import write_text_atomic
 from mmfast.data.loader import MultiModalLoader, load_split
 from mmfast.data.reference_loader import ReferenceLoader
 from mmfast.nn.model import MODALITIES

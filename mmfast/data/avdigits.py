@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy.signal import resample_poly
 
-from mmfast.data.fileio import write_bytes_atomic
+from mmfast._io import write_bytes_atomic
 from mmfast.data.manifest import SPLITS, Sample, write_manifest
 from mmfast.data.speech import DIGIT_WORDS, say_in_fresh_process
 from mmfast.data.video_io import encode_webm

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfast.data.fileio import write_text_atomic
+from mmfast._io import write_text_atomic
 from mmfast.nn.model import MODALITIES
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmfast._io import write_bytes_atomic, write_text_atomic
 from mmfast.nn.model import MODALITIES
 
 __all__ = [
@@ -251,23 +251,3 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     """Write strict JSON (NaN/inf as null) to ``path`` atomically."""
     text = json.dumps(to_jsonable(payload), indent=2, allow_nan=False)
     return write_text_atomic(path, text + "\n")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write text to ``path`` through a temporary file in the same folder and a rename."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write bytes to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -9,34 +9,21 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from mmfast._io import atomic_write, write_bytes_atomic
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "save_checkpoint", "load_checkpoint"]
 
 _META_KEY = "meta_json"
 
 
-def _atomic_replace(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + rename)."""
-    _atomic_replace(Path(path), lambda fh: fh.write(data))
+    write_bytes_atomic(path, data)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -54,7 +41,7 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Any], meta: dict
         raise ValueError(f"tensors must not use the reserved key {_META_KEY!r}")
     payload = dict(tensors)
     payload[_META_KEY] = json.dumps(meta, sort_keys=True)
-    _atomic_replace(Path(path), lambda fh: torch.save(payload, fh))
+    atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
