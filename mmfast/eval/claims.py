@@ -51,20 +51,43 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def _mean_missing_subsets(r: Mapping) -> float:
-    """Mean accuracy over the subsets that miss at least one modality."""
+def _mean_missing_subsets(r: Mapping, without: str | None = None) -> float:
+    """Mean accuracy over the subsets that miss at least one modality (``without``: only the
+    subsets that miss that modality)."""
     full = max(r["subsets"], key=lambda s: s.count("+"))
-    return _mean(a for s, a in zip(r["subsets"], r["accuracy"]) if s != full)
+    keep = [(s, a) for s, a in zip(r["subsets"], r["accuracy"]) if s != full]
+    if without is not None:
+        keep = [(s, a) for s, a in keep if without not in s.split("+")]
+    return _mean(a for _, a in keep)
 
 
-def missing_claim(method: str, rival: str) -> Callable[[Results], Verdict]:
+def missing_claim(method: str, rival: str, without: str | None = None
+                  ) -> Callable[[Results], Verdict]:
     def check(results: Results) -> Verdict:
         why = _missing(results, (method, rival), "missing_subsets")
         if why:
             return Verdict("not evaluated", why)
-        a = _mean_missing_subsets(results[method]["missing_subsets"])
-        b = _mean_missing_subsets(results[rival]["missing_subsets"])
-        return _better(method, a, b, rival, "mean accuracy over subsets missing a modality")
+        a = _mean_missing_subsets(results[method]["missing_subsets"], without)
+        b = _mean_missing_subsets(results[rival]["missing_subsets"], without)
+        which = f"subsets without {without}" if without else "subsets missing a modality"
+        return _better(method, a, b, rival, f"mean accuracy over {which}")
+    return check
+
+
+def noise_claim(method: str, rival: str, kind: str = "gaussian"
+                ) -> Callable[[Results], Verdict]:
+    def check(results: Results) -> Verdict:
+        why = _missing(results, (method, rival), "noise")
+        if why:
+            return Verdict("not evaluated", why)
+
+        def mean_noisy(r):  # mean over corrupted modalities (and "all") x levels > 0
+            levels = r[kind]["sigmas" if kind == "gaussian" else "densities"]
+            return _mean(a for curve in r[kind]["accuracy"].values()
+                         for lvl, a in zip(levels, curve) if lvl > 0)
+        a, b = (mean_noisy(results[m]["noise"]) for m in (method, rival))
+        return _better(method, a, b, rival, f"mean accuracy under {kind} noise, every corrupted "
+                       "modality and level > 0")
     return check
 
 
@@ -145,6 +168,16 @@ CLAIMS: list[Claim] = [
           attack_claim("crmt", "joint", "fgm")),
     Claim("CRMT", "CRMT improves clean accuracy over joint training",
           clean_claim("crmt", "joint")),
+    Claim("UDML", "Noise-aware, bias-corrected dynamic fusion (UDML) is more robust to Gaussian "
+          "noise than plain late fusion", noise_claim("udml", "late", "gaussian")),
+    Claim("DMRNet", "DMRNet beats joint training when a modality is missing",
+          missing_claim("dmrnet", "joint")),
+    Claim("MMANet", "MMANet's student beats joint training when a modality is missing",
+          missing_claim("mmanet", "joint")),
+    Claim("One-stage distillation", "Distilling the privileged modality (video) beats joint "
+          "training when that modality is missing", missing_claim("distill", "joint", "video")),
+    Claim("TRML", "Generating the missing modality (TRML) beats late fusion when a modality is "
+          "missing", missing_claim("trml", "late")),
 ]
 
 

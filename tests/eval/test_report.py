@@ -95,3 +95,21 @@ def test_report_verb_writes_the_report(runs, tmp_path, capsys):
     assert cli.main(["report", *map(str, runs), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.md").is_file()
     assert "report.md" in capsys.readouterr().out
+
+
+def test_noise_and_privileged_modality_claims_follow_the_numbers():
+    from mmfast.eval.claims import missing_claim, noise_claim
+
+    subsets = ["video", "audio", "video+audio"]
+    results = {
+        "a": {"missing_subsets": {"subsets": subsets, "accuracy": [0.1, 0.9, 1.0]},
+              "noise": {"gaussian": {"sigmas": [0, 1], "accuracy": {"video": [0.2, 0.8]}}}},
+        "b": {"missing_subsets": {"subsets": subsets, "accuracy": [0.6, 0.5, 1.0]},
+              "noise": {"gaussian": {"sigmas": [0, 1], "accuracy": {"video": [1.0, 0.4]}}}},
+    }
+    assert missing_claim("a", "b")(results).status == "does not hold"  # 0.50 vs 0.55
+    only_audio = missing_claim("a", "b", without="video")(results)  # 0.9 vs 0.5
+    assert only_audio.status == "holds" and "without video" in only_audio.evidence
+    noisy = noise_claim("a", "b")(results)  # sigma 0 ignored: 0.8 vs 0.4
+    assert noisy.status == "holds" and "0.800" in noisy.evidence
+    assert noise_claim("a", "c")(results).status == "not evaluated"
