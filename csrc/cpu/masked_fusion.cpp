@@ -166,6 +166,15 @@ void masked_fusion_backward_rows(const at::Tensor& grad_y, const at::Tensor& x,
       const opmath_t den = row_weights(mask_data + b * M,
                                        weight_data ? weight_data + b * M : nullptr, M, w.data());
       const opmath_t divisor = row_divisor(den, normalize);
+      if (!need_grad_weight) {  // grad_x only: one streaming scale of grad_y per modality
+        const scalar_t* __restrict g = gy_data + b * D;
+        for (int64_t m = 0; m < M; ++m) {
+          const opmath_t f = w[m] / divisor;
+          scalar_t* __restrict gx = gx_data + (b * M + m) * D;
+          for (int64_t d = 0; d < D; ++d) gx[d] = static_cast<scalar_t>(opmath_t(g[d]) * f);
+        }
+        continue;
+      }
       std::fill(u.begin(), u.end(), opmath_t(0));
       for (int64_t d0 = 0; d0 < D; d0 += kChunk) {
         const int64_t n = std::min(kChunk, D - d0);
