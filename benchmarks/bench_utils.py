@@ -50,13 +50,15 @@ def synchronize(device: str) -> None:
 
 @functools.cache
 def copy_seconds(nbytes: int, device: str) -> float:
-    """Median time of cloning an ``nbytes`` buffer: the yardstick of memory bandwidth."""
-    buf = torch.empty(max(nbytes // 4, 1), dtype=torch.float32, device=device)
+    """Median time of copying an ``nbytes`` buffer into another already-touched buffer: the
+    yardstick of memory bandwidth (no allocation or first-touch page faults in the timing)."""
+    src = torch.ones(max(nbytes // 4, 1), dtype=torch.float32, device=device)
+    dst = torch.zeros_like(src)
     times = []
     for _ in range(7):
         synchronize(device)
         t0 = time.perf_counter()
-        buf.clone()
+        dst.copy_(src)
         synchronize(device)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
