@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${MMFAST_VENV:-.venv}
+# Caches stay inside the checkout (.cache/ is git-ignored), never in the user's home.
+export PIP_CACHE_DIR=${PIP_CACHE_DIR:-$PWD/.cache/pip}
 
 if [ ! -x "$VENV/bin/python" ]; then
   if "$PY" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then

@@ -2,8 +2,14 @@
 variable must be set before any @triton.jit runs), and every test starts from a fixed seed."""
 
 import os
+from pathlib import Path
 
-import torch
+# Compilation caches of torch.compile and Triton go inside the checkout (git-ignored .cache/).
+_CACHE = Path(__file__).resolve().parents[1] / ".cache"
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(_CACHE / "torchinductor"))
+os.environ.setdefault("TRITON_CACHE_DIR", str(_CACHE / "triton"))
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
