@@ -53,3 +53,12 @@ def test_cli_has_demo_eval_and_report_verbs(capsys):
             cli.main([verb, "--help"])
         assert exit_info.value.code == 0
         assert f"mmfast {verb}" in capsys.readouterr().out
+
+
+def test_long_preset_doubles_the_small_training_budget():
+    from mmfast.demo import DEMO_PRESETS
+    from mmfast.train import TrainConfig
+
+    small, long = DEMO_PRESETS["small"], DEMO_PRESETS["long"]
+    assert long.train_preset == small.train_preset and long.eval_preset == small.eval_preset
+    assert long.train["epochs"] == 2 * TrainConfig.preset("small").epochs
