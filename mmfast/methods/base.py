@@ -180,6 +180,15 @@ def stage_epochs(explicit: int | None, default: int) -> int:
     return max(1, int(default)) if explicit is None else int(explicit)
 
 
+def check_optional_epochs(method: object, names: Sequence[str], minimum: int = 1) -> None:
+    """Raise ValueError unless each named epoch-count field is None (derived from the
+    config) or at least ``minimum``."""
+    for name in names:
+        value = getattr(method, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be None or >= {minimum}, got {value}")
+
+
 @torch.no_grad()
 def copy_module(dst: nn.Module, src: nn.Module) -> None:
     """Copy ``src``'s parameters and buffers into ``dst`` (same architecture)."""

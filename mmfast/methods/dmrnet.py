@@ -41,6 +41,7 @@ from mmfast.methods.base import (
     FusionModel,
     Method,
     ModelSpec,
+    check_optional_epochs,
     feature_dims,
     make_encoders,
     stage_epochs,
@@ -142,10 +143,7 @@ class DMRNet(Method):
     def __post_init__(self) -> None:
         if self.alpha < 0 or self.beta < 0:
             raise ValueError(f"alpha and beta must be >= 0, got {self.alpha}, {self.beta}")
-        for name in ("mining_epochs", "hard_epochs"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be None or >= 1, got {value}")
+        check_optional_epochs(self, ("mining_epochs", "hard_epochs"))
 
     def build_model(self, spec: ModelSpec) -> FusionModel:
         encoders = make_encoders(spec, self.encoders)

@@ -43,6 +43,7 @@ from mmfast.methods.base import (
     FusionModel,
     Method,
     ModelSpec,
+    check_optional_epochs,
     cross_entropy_loss,
     feature_dims,
     make_encoders,
@@ -185,10 +186,7 @@ class MMANet(Method):
         if self.lambda_kd < 0 or self.lambda_mar < 0:
             raise ValueError(f"lambda_kd and lambda_mar must be >= 0, got {self.lambda_kd}, "
                              f"{self.lambda_mar}")
-        for name in ("teacher_epochs", "warmup_epochs", "main_epochs"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be None or >= 1, got {value}")
+        check_optional_epochs(self, ("teacher_epochs", "warmup_epochs", "main_epochs"))
 
     def build_model(self, spec: ModelSpec) -> FusionModel:
         encoders = make_encoders(spec, self.encoders)

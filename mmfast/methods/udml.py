@@ -54,6 +54,7 @@ from mmfast.methods.base import (
     FusionModel,
     Method,
     ModelSpec,
+    check_optional_epochs,
     feature_dims,
     make_encoders,
 )
@@ -212,10 +213,8 @@ class UDML(Method):
         for name in ("gamma", "beta", "lambda_u"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("clean_epochs", "fixed_epochs", "dynamic_epochs"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be None or >= 0, got {value}")
+        check_optional_epochs(self, ("clean_epochs", "fixed_epochs", "dynamic_epochs"),
+                              minimum=0)
 
     def build_model(self, spec: ModelSpec) -> FusionModel:
         encoders = make_encoders(spec, self.encoders)
