@@ -12,7 +12,8 @@ convex combination of both labels' terms, the official code's raw-logit subtract
 Lipschitz estimation: both estimators of ``mmfast.methods.lipschitz`` (labelled).
 Step 2 (integration weights a only): maximise the mean certified radius of
 ``mmfast.ops.certified_margin`` (rival = fused runner-up, as the official code; the
-Lipschitz table follows a, lip = |a_y| tau_y + |a_k| tau_k).
+Lipschitz table follows a, lip = |a_y| tau_y + |a_k| tau_k). With validation data it keeps
+the best epoch on validation, as the official code (``CRMT.step2_selection``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from mmfast.train.engine import Stage, StepInfo, TrainContext, autocast, run_sta
 __all__ = ["CRMT", "CRMTModel", "margin_regularizer", "certified_radius_loss"]
 
 _LOG_EPS = math.log(1e-5)
+_STEP2_SELECTION = "val_acc, then val_mean_radius"
 
 
 class CRMTModel(FusionModel):
@@ -219,13 +221,20 @@ class CRMT(Method):
         history = run_stage(model, step1, train, val, ctx, 0)
         self.estimate_lipschitz(model, train, ctx)
         cached = unit_logit_table(model, train, ctx)
+        has_val = val is not None and dataset_size(val) > 0
+        select = (self.step2_selection(model, unit_logit_table(model, val, ctx))
+                  if has_val else None)
         step2 = Stage(f"{name}_step2", stage_epochs(self.step2_epochs, ctx.cfg.epochs // 3),
                       self.step2_loss(model), params=[model.head.integration],
                       lr=self.step2_lr, weight_decay=0.0, optimizer="adamw", sharded=False,
-                      validate=False)
-        history += run_stage(model, step2, cached, None, ctx, 1)
+                      validate=False, select_best=select)
+        step2_history = run_stage(model, step2, cached, None, ctx, 1)
+        history += step2_history
         info = {"lipschitz_estimators": sorted(model.lipschitz), "step2_estimator":
-                self.estimator, "step2_rival": self.rival}
+                self.estimator, "step2_rival": self.rival,
+                "step2_selection": _STEP2_SELECTION if has_val else "last epoch (no val data)",
+                "step2_best_epoch": (step2_history[-1]["best_epoch"]
+                                     if has_val and step2_history else None)}
         return FitResult(model, history, info)
 
     def estimate_lipschitz(self, model: CRMTModel, train: Mapping[str, Tensor],
@@ -242,6 +251,33 @@ class CRMT(Method):
                                          batch["mask"], self.estimator, self.rival)
             return loss, {"mean_radius": -float(loss.detach())}
         return loss_fn
+
+    def step2_selection(self, model: CRMTModel, val_table: Mapping[str, Tensor]):
+        """Step 2's ``Stage.select_best``: (validation accuracy, mean certified radius).
+
+        The official code keeps the step-2 epoch of best validation accuracy. Step 2 only
+        changes a, which rescales the per-modality logits, so what it can gain or lose is the
+        accuracy of the fused (masked) prediction: accuracy is the criterion, as there. On a
+        validation split accuracy is coarse and a often moves without flipping a prediction,
+        so ties go to the higher mean certified radius -- step 2's own objective
+        (``certified_radius_loss`` with the same estimator and rival) on held-out data. The
+        radius alone is not the criterion: its mean is dominated by the margins of confident
+        samples and can rise while more validation samples are misclassified.
+        ``val_table`` is ``unit_logit_table(model, val, ctx)`` (the encoders are frozen).
+        """
+        device = model.head.integration.device
+        units, label, mask = (val_table[k].to(device) for k in ("unit_logits", "label", "mask"))
+
+        def select(module: nn.Module) -> tuple[tuple[float, float], dict[str, float]]:
+            a = model.head.integration
+            with torch.no_grad():
+                fused, _ = ops.masked_fusion(units * a.unsqueeze(0), mask, normalize=False)
+                logits = fused + model.head.bias
+                acc = float((logits.argmax(dim=1) == label).float().mean())
+                radius = -float(certified_radius_loss(model, units, label, mask,
+                                                      self.estimator, self.rival))
+            return (acc, radius), {"val_acc": acc, "val_mean_radius": radius}
+        return select
 
 
 @torch.no_grad()

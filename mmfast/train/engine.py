@@ -8,7 +8,9 @@ are sequences of :func:`run_stage` calls made by the method. Each stage
   norm, steps an AdamW/SGD optimiser over the stage's parameters only;
 * logs one JSON line per epoch and writes an atomic checkpoint after it, from which an
   interrupted stage resumes (and a finished one is skipped), giving the same numbers as an
-  uninterrupted run.
+  uninterrupted run;
+* optionally (``Stage.select_best``) scores the model after every epoch and ends the stage
+  with the state of its best-scoring epoch instead of the last one.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ class StepInfo:
 #: loss_fn(module, batch, info) -> (scalar loss, {metric: float}); module may be DDP-wrapped.
 LossFn = Callable[[nn.Module, Batch, StepInfo], tuple[Tensor, dict[str, float]]]
 
+#: select_best(model) -> (score, {metric: float}); higher is better, a tuple compares
+#: lexicographically (a criterion then its tie-breakers), NaN counts as -inf. The metrics
+#: go into the epoch's record. It runs on every rank after every epoch and must give every
+#: rank the same score (score the whole validation split, as ``evaluate_accuracy`` does).
+SelectFn = Callable[[nn.Module], tuple[float | tuple[float, ...], dict[str, float]]]
+
 
 @dataclass
 class Stage:
@@ -74,6 +82,10 @@ class Stage:
     momentum: float = 0.9
     validate: bool = True
     sharded: bool = True  # False: every rank runs the whole stage identically (no DDP)
+    #: keep the best epoch: after the last epoch the stage's parameters and the model's
+    #: buffers are restored to the epoch with the highest score (the first one on ties);
+    #: records get ``best_epoch`` (the best so far; the last record's is the one kept).
+    select_best: SelectFn | None = None
 
 
 @dataclass
@@ -148,39 +160,86 @@ def evaluate_accuracy(model: MultiModalModel, data: Mapping[str, Tensor], cfg: T
     return correct / n
 
 
+@dataclass
+class _Best:
+    """The best epoch of a ``select_best`` stage so far, with the state to restore."""
+
+    epoch: int
+    score: tuple[float, ...]
+    state: dict[str, Tensor]
+
+    def meta(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "score": list(self.score)}
+
+
+def _as_score(score: float | Sequence[float]) -> tuple[float, ...]:
+    values = tuple(score) if isinstance(score, (tuple, list)) else (score,)
+    return tuple(-math.inf if math.isnan(float(v)) else float(v) for v in values)
+
+
+def _stage_state(model: nn.Module, params: Sequence[nn.Parameter]) -> dict[str, Tensor]:
+    """Copies of what a stage can change: its parameters and every buffer of the model."""
+    chosen = {id(p) for p in params}
+    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()
+            if id(v) in chosen or not isinstance(v, nn.Parameter)}
+
+
+def _track_best(stage: Stage, model: nn.Module, params: Sequence[nn.Parameter],
+                record: dict[str, Any], best: _Best | None) -> _Best:
+    assert stage.select_best is not None
+    score, metrics = stage.select_best(model)
+    record.update({k: float(v) for k, v in metrics.items()})
+    score = _as_score(score)
+    if best is None or score > best.score:
+        best = _Best(record["epoch"], score, _stage_state(model, params))
+    record["best_epoch"] = best.epoch
+    return best
+
+
 def _resume(stage: Stage, ctx: TrainContext, stage_index: int, model: nn.Module, optimizer,
-            scaler) -> tuple[int, list[dict[str, Any]], bool]:
-    """(first epoch to run, history so far, whether the stage is already complete)."""
+            scaler) -> tuple[int, list[dict[str, Any]], bool, _Best | None]:
+    """(first epoch to run, history so far, whether the stage is already complete, the best
+    epoch so far of a ``select_best`` stage)."""
     path = ctx.checkpoint_path(stage.name)
     if not ctx.cfg.resume or path is None or not path.exists():
-        return 0, [], False
+        return 0, [], False, None
     tensors, meta = load_checkpoint(path, map_location=ctx.device)
     if meta.get("epochs") != stage.epochs:
         raise ValueError(f"checkpoint {path} was written for {meta.get('epochs')} epochs, "
                          f"this stage has {stage.epochs}; use a fresh run directory")
-    model.load_state_dict(tensors["model"])
+    model.load_state_dict(tensors["model"])  # a completed stage saved its restored best
     history = meta["history"]
     if meta["completed"]:
-        return stage.epochs, history, True
+        return stage.epochs, history, True, None
+    best = None
+    if stage.select_best is not None:
+        if "best" not in tensors:
+            raise ValueError(f"checkpoint {path} was written without select_best, this stage "
+                             f"selects its best epoch; use a fresh run directory")
+        best = _Best(meta["best"]["epoch"], _as_score(meta["best"]["score"]), tensors["best"])
     optimizer.load_state_dict(tensors["optimizer"])
     scaler.load_state_dict(tensors["scaler"])
     done = meta["epoch"]
     if ctx.logger is not None:  # drop lines written after the checkpoint we resume from
         ctx.logger.keep(lambda r: (r.get("stage_index", -1), r.get("epoch", -1))
                         <= (stage_index, done))
-    return done + 1, history, False
+    return done + 1, history, False, best
 
 
 def run_stage(model: MultiModalModel, stage: Stage, train: Mapping[str, Tensor],
               val: Mapping[str, Tensor] | None, ctx: TrainContext,
               stage_index: int = 0) -> list[dict[str, Any]]:
-    """Train ``model`` in place for one stage; returns the per-epoch records (also logged)."""
+    """Train ``model`` in place for one stage; returns the per-epoch records (also logged).
+
+    With ``stage.select_best`` the model ends with its best epoch's state (see ``Stage``).
+    """
     cfg, device = ctx.cfg, ctx.device
     params, requires_grad_before = _select_trainable(model, stage.params)
     optimizer = _make_optimizer(stage, params, cfg)
     use_scaler = cfg.amp_dtype(device) == torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    start, history, complete = _resume(stage, ctx, stage_index, model, optimizer, scaler)
+    start, history, complete, best = _resume(stage, ctx, stage_index, model, optimizer,
+                                             scaler)
     try:
         if complete:
             return history
@@ -191,10 +250,14 @@ def run_stage(model: MultiModalModel, stage: Stage, train: Mapping[str, Tensor],
                                   ctx, stage_index, epoch)
             if stage.validate and val is not None and dataset_size(val) > 0:
                 record["val_acc"] = evaluate_accuracy(model, val, cfg, device)
+            if stage.select_best is not None:
+                best = _track_best(stage, model, params, record, best)
+                if epoch == stage.epochs - 1:  # before the final checkpoint, which keeps it
+                    model.load_state_dict(best.state, strict=False)
             history.append(record)
             if ctx.logger is not None:
                 ctx.logger.log(record)
-            _save(ctx, stage, model, optimizer, scaler, epoch, history)
+            _save(ctx, stage, model, optimizer, scaler, epoch, history, best)
             ctx.dist.barrier()
         return history
     finally:
@@ -250,14 +313,14 @@ def _train_epoch(model, module, stage, train, n, optimizer, scaler, params, ctx,
 
 
 def _save(ctx: TrainContext, stage: Stage, model, optimizer, scaler, epoch: int,
-          history: list[dict[str, Any]]) -> None:
+          history: list[dict[str, Any]], best: _Best | None = None) -> None:
     path = ctx.checkpoint_path(stage.name)
     if path is None or not ctx.dist.is_main:
         return
-    save_checkpoint(
-        path,
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-         "scaler": scaler.state_dict()},
-        {"stage": stage.name, "epoch": epoch, "epochs": stage.epochs,
-         "completed": epoch == stage.epochs - 1, "history": history},
-    )
+    tensors = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+               "scaler": scaler.state_dict()}
+    meta = {"stage": stage.name, "epoch": epoch, "epochs": stage.epochs,
+            "completed": epoch == stage.epochs - 1, "history": history}
+    if best is not None:
+        tensors["best"], meta["best"] = best.state, best.meta()
+    save_checkpoint(path, tensors, meta)

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from mmfast.methods import ModelSpec, create_method
-from mmfast.methods.crmt import certified_radius_loss, margin_regularizer, unit_logit_table
+from mmfast.methods.crmt import (
+    CRMT,
+    certified_radius_loss,
+    margin_regularizer,
+    unit_logit_table,
+)
 from mmfast.methods.lipschitz import (
     empirical_class_lipschitz,
     encoder_lipschitz_bound,
@@ -15,7 +20,7 @@ from mmfast.nn.heads import normalized_rows
 from mmfast.nn.model import CertifiableModel
 from mmfast.train import fit_method, load_checkpoint
 from mmfast.train.distributed import DistContext
-from mmfast.train.engine import TrainContext
+from mmfast.train.engine import TrainContext, evaluate_accuracy
 from tests.methods.certify_checks import (
     check_lipschitz_bounds_actual_ratios,
     check_radius_respected,
@@ -150,3 +155,163 @@ def test_layer_bounds_are_upper_bounds_of_the_true_operator_norm():
     frame = encoder_lipschitz_bound(enc.frame, (1, 8, 8))
     assert encoder_lipschitz_bound(enc, (4, 1, 8, 8)) == pytest.approx(frame / 2)
     assert math.isfinite(frame)
+
+
+# ---------------------------------------------------------------- step 2 keeps its best epoch
+_RUINED_FROM = 3  # step-2 epochs from this one on shrink a through 0, flipping predictions
+_EPOCHS = 7
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _ruining_step2_loss(crash_at: int | None = None):
+    original = CRMT.step2_loss
+
+    def step2_loss(self, model):
+        good = original(self, model)
+
+        def loss_fn(module, batch, info):
+            if info.epoch == crash_at:
+                raise _Interrupt
+            loss, metrics = good(module, batch, info)
+            if info.epoch >= _RUINED_FROM:  # constant gradient: a falls by ~lr every step
+                loss = model.head.integration.sum()
+            return loss, metrics
+        return loss_fn
+    return step2_loss
+
+
+def _recording_selection(seen: list):
+    original = CRMT.step2_selection
+
+    def step2_selection(self, model, val_table):
+        select = original(self, model, val_table)
+
+        def recorded(module):
+            seen.append(model.head.integration.detach().clone())
+            return select(module)
+        return recorded
+    return step2_selection
+
+
+def _ruined_fit(data, run, val=True, crash_at=None, seen=None):
+    from mmfast.train import TrainConfig
+
+    cfg = TrainConfig(epochs=2, batch_size=24, lr=5e-3, widths=(4, 8), feature_dim=8,
+                      progress=False, device="cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CRMT, "step2_loss", _ruining_step2_loss(crash_at))
+        mp.setattr(CRMT, "step2_selection", _recording_selection([] if seen is None else seen))
+        model, stats = fit_method("crmt", data[0], data[1] if val else None, cfg, run,
+                                  step2_epochs=_EPOCHS, step2_lr=0.1, lip_samples=48)
+    return model, stats, cfg
+
+
+@pytest.fixture(scope="module")
+def ruined(tiny_data_module, tmp_path_factory):
+    torch.set_num_threads(1)
+    run, seen = tmp_path_factory.mktemp("crmt_ruined"), []
+    model, stats, cfg = _ruined_fit(tiny_data_module, run, seen=seen)
+    return model, stats, seen, run, cfg
+
+
+def _step2_records(run):
+    from mmfast.train.metrics import JsonlLogger
+
+    return [r for r in JsonlLogger(run / "metrics.jsonl").read() if r["stage"] == "crmt_step2"]
+
+
+def test_step2_restores_the_best_validation_epoch(ruined, tiny_data_module):
+    model, stats, seen, run, cfg = ruined
+    records = _step2_records(run)
+    assert len(records) == len(seen) == _EPOCHS
+    scores = [(r["val_acc"], r["val_mean_radius"]) for r in records]
+    best = scores.index(max(scores))  # the first of equal scores
+    # the scenario: neither the first nor the last epoch is the best, the last is far worse
+    assert 0 < best < _EPOCHS - 1 and scores[-1][0] < scores[best][0] - 0.2, scores
+    assert stats["step2_best_epoch"] == best == records[-1]["best_epoch"]
+    assert stats["step2_selection"] == "val_acc, then val_mean_radius"
+    assert [r["best_epoch"] for r in records] == [max(range(e + 1), key=scores.__getitem__)
+                                                   for e in range(_EPOCHS)]
+    assert torch.equal(model.head.integration.detach(), seen[best])
+    assert not torch.equal(seen[-1], seen[best])
+    # the table-based score is the model's own validation accuracy (masked fused logits)
+    val = tiny_data_module[1]
+    assert evaluate_accuracy(model, val, cfg, torch.device("cpu")) == pytest.approx(
+        records[best]["val_acc"])
+    with torch.no_grad():
+        table = unit_logit_table(model, val, TrainContext(cfg, DistContext()))
+        radius = -certified_radius_loss(model, table["unit_logits"], table["label"],
+                                        table["mask"], "empirical", "top")
+    assert float(radius) == pytest.approx(records[best]["val_mean_radius"], rel=1e-5)
+    # the completed checkpoint holds the restored weights (a resumed run skips the stage)
+    final, _ = load_checkpoint(run / "checkpoints" / "crmt_step2.pt")
+    assert torch.equal(final["model"]["head.integration"], seen[best])
+
+
+def test_step2_best_epoch_survives_a_resumed_run(ruined, tiny_data_module, tmp_path):
+    model, stats, _, run, _ = ruined
+    with pytest.raises(_Interrupt):  # crash after the best epoch and a ruined one
+        _ruined_fit(tiny_data_module, tmp_path, crash_at=_RUINED_FROM + 1)
+    seen = []
+    resumed, resumed_stats, _ = _ruined_fit(tiny_data_module, tmp_path, seen=seen)
+    assert len(seen) == _EPOCHS - (_RUINED_FROM + 1)  # only the remaining epochs ran
+    assert resumed_stats["step2_best_epoch"] == stats["step2_best_epoch"]
+    assert torch.equal(resumed.head.integration, model.head.integration)
+    drop = ("time_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in _step2_records(tmp_path)] \
+        == [{k: v for k, v in r.items() if k not in drop} for r in _step2_records(run)]
+
+
+def test_step2_without_validation_keeps_the_last_epoch(tiny_data_module, tmp_path,
+                                                       monkeypatch):
+    ends = []  # a at the first step of every epoch = a at the end of the previous one
+    original = CRMT.step2_loss
+
+    def step2_loss(self, model):
+        loss_fn = original(self, model)
+
+        def recorded(module, batch, info):
+            if info.epoch == len(ends):
+                ends.append(model.head.integration.detach().clone())
+            return loss_fn(module, batch, info)
+        return recorded
+
+    monkeypatch.setattr(CRMT, "step2_loss", step2_loss)  # _ruined_fit wraps it
+    model, stats, _ = _ruined_fit(tiny_data_module, tmp_path, val=False)
+    assert stats["step2_best_epoch"] is None
+    assert stats["step2_selection"] == "last epoch (no val data)"
+    records = _step2_records(tmp_path)
+    assert len(records) == len(ends) == _EPOCHS
+    assert all("best_epoch" not in r and "val_acc" not in r for r in records)
+    final = model.head.integration.detach()
+    assert all(not torch.equal(final, a) for a in ends[1:])  # no earlier epoch's weights
+    assert (final < ends[-1]).all()  # the last (ruining) epoch's steps were kept
+
+
+def test_select_best_compares_lexicographically_and_keeps_the_first_tie(tiny_data, tiny_cfg):
+    from mmfast.train import Stage, run_stage
+
+    train, _ = tiny_data
+    spec = ModelSpec.from_data(train, tiny_cfg.widths, tiny_cfg.feature_dim)
+    model = create_method("crmt").build_model(spec)
+    a = model.head.integration
+    scores = iter([(0.5, 9.0), (0.75, 0.0), (0.75, 1.0), (0.75, 1.0), (math.nan, 0.0),
+                   (0.5, 5.0)])
+    seen = []
+
+    def select(module):
+        seen.append(a.detach().clone())
+        return next(scores), {}
+
+    def loss_fn(module, batch, info):
+        return a.sum(), {}
+
+    tiny_cfg.max_steps_per_epoch = 1
+    stage = Stage("s", 6, loss_fn, params=[a], lr=0.1, optimizer="sgd", momentum=0.0,
+                  select_best=select)
+    history = run_stage(model, stage, train, None, TrainContext(tiny_cfg, DistContext()))
+    assert [r["best_epoch"] for r in history] == [0, 1, 2, 2, 2, 2]
+    assert torch.equal(a.detach(), seen[2]) and not torch.equal(seen[2], seen[3])
