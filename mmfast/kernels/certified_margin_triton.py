@@ -217,8 +217,9 @@ def _backward_kernel(
     v = present * tl.load(lip_ptr + lip_offs, mask=bm_ok, other=0).to(ACC)
     if NORM == NORM_MAX:
         den = tl.max(v, axis=1)
-        first = tl.min(tl.where(bm_ok & (v == den[:, None]), ms[None, :], BLOCK_M), axis=1)
-        d_den = tl.where(ms[None, :] == first[:, None], 1.0, 0.0)
+        # amax's gradient is shared evenly by tied maxima (as autograd, cpp and CUDA do).
+        tied = tl.where(bm_ok & (v == den[:, None]), 1.0, 0.0).to(ACC)
+        d_den = tied / tl.maximum(tl.sum(tied, axis=1), 1.0)[:, None]
     elif NORM == NORM_L2:
         den = tl.sqrt(tl.sum(v * v, axis=1))
         d_den = present * v / tl.where(den > 0, den, 1.0)[:, None]
@@ -321,7 +322,7 @@ def backward(
 
     grad_z is +-(grad_radius / den + grad_margin) * mask_bm at c = y / c = k* (no radius term
     where den == 0); grad_lip_sel_bm = -grad_radius * margin / den^2 * d den / d lip_m[y, k*]
-    (q = inf: the whole derivative goes to the first modality attaining the max).
+    (q = inf: the derivative is shared evenly by the modalities attaining the max).
     """
     _check_inputs(z, target, lip, mask)
     check_contiguous(grad_radius=grad_radius, grad_margin=grad_margin, target=target, lip=lip,
