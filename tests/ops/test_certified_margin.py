@@ -136,6 +136,32 @@ def test_gradients_match_reference(backend, device, p, lip_kind, rival):
         assert_close(g, w, torch.float32, scale=10)
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("lip_kind", ["full", "scalar"])
+def test_p1_tied_lipschitz_constants_share_the_gradient(backend, device, lip_kind):
+    """p = 1 (q = inf): den = max_m lip_m. With tied maxima every backend splits d den / d lip
+    evenly among them, as autograd of the reference's amax does (not all to the first)."""
+    dev = require(OP, backend, device)
+    z, target, lip, _, _ = sample_inputs((5, 3, 4), dev, torch.float32, lip_kind)
+    with torch.no_grad():
+        lip.fill_(0.5)
+        lip[2] = 0.25  # modalities 0 and 1 tie at the max, modality 2 is below
+    lip.requires_grad_(True)
+    mask = torch.ones(5, 3, dtype=torch.bool, device=dev)
+    mask[4, 0] = False  # this row has a single maximum (modality 1)
+
+    def grad_lip(fn):
+        radius, _, _ = fn(z, target, lip, mask, None, 1.0, "min")
+        return torch.autograd.grad(radius.sum(), lip)[0]
+
+    got = grad_lip(lambda *a: certified_margin(*a, backend=backend))
+    want = grad_lip(reference.certified_margin)
+    assert_close(got, want, torch.float32)
+    per_modality = want.flatten(1).sum(1) if lip_kind == "full" else want
+    assert per_modality[2] == 0 and per_modality[0] != 0
+    assert not torch.allclose(per_modality[0], per_modality[1])  # row 4 goes to modality 1 only
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
 @pytest.mark.parametrize("p", [2.0, math.inf])
 def test_gradcheck_float64(backend, p):
