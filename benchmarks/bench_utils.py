@@ -1,7 +1,8 @@
 """Helpers for benchmarks/bench_<op>.py: which backends to compare, how to build each runner
 (eager reference, ``torch.compile`` of the reference, each built backend), and the
-``extra_info`` (bytes moved, GB/s, fraction of a copy measured in the same run, peak memory,
-device, versions, commit) recorded with every result. Baselines come from
+``extra_info`` (bytes moved, GB/s, fraction of a copy measured in the same run, the first
+call's time (warm-up: compilation, JIT, autotuning), peak memory, device, versions, commit)
+recorded with every result. Baselines come from
 ``mmfast.ops.reference`` so they cannot drift from the tests' ground truth."""
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ def nbytes(*tensors) -> int:
 
 def run(benchmark, fn: Callable, device: str, moved_bytes: int, input_bytes: int, **info):
     """Warm up (compiles), benchmark ``fn``, and record bandwidth figures in extra_info."""
-    fn()  # warm-up: torch.compile, Triton JIT, caches
     synchronize(device)
+    t0 = time.perf_counter()
+    fn()  # warm-up: torch.compile, Triton JIT and autotuning, caches
+    synchronize(device)
+    first_call_s = time.perf_counter() - t0
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -99,6 +103,7 @@ def run(benchmark, fn: Callable, device: str, moved_bytes: int, input_bytes: int
         gb_per_s=round(gbps, 3),
         copy_gb_per_s=round(copy_gbps, 3),
         fraction_of_copy=round(gbps / copy_gbps, 4),
+        first_call_s=round(first_call_s, 4),  # what a warm-up costs (compile, JIT, autotune)
         peak_memory_bytes=(torch.cuda.max_memory_allocated() if device == "cuda" else None),
         device=(torch.cuda.get_device_name() if device == "cuda" else platform.processor()
                 or platform.machine()),

@@ -1,15 +1,27 @@
 """Turn a ``pytest benchmarks --benchmark-only --benchmark-json=FILE`` result into the Markdown
-table of benchmarks/README.md: per case, each provider's median time, GB/s, fraction of the copy
-bandwidth measured in the same run, and its speed-up over eager reference and torch.compile.
+table of benchmarks/README.md (per case, each provider's median time, GB/s, fraction of the
+copy bandwidth measured in the same run, first-call time, and speed-up over eager reference and
+torch.compile), and, from a GPU run, into the per-op CUDA-vs-Triton order that ``auto``
+dispatch uses (mmfast/ops/cuda_auto_order.json).
 
     python benchmarks/summarize.py FILE.json
+    python benchmarks/summarize.py FILE.json --auto-order mmfast/ops/cuda_auto_order.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import tempfile
 from collections import defaultdict
+from pathlib import Path
+
+#: GPU backends ``auto`` chooses between; the eager reference is always the last resort.
+GPU_BACKENDS = ("cuda", "triton")
+#: benchmark op name -> the public ops whose auto choice it decides.
+DECIDES = {"subset_accuracy": ("subset_accuracy", "subset_logits")}
 
 
 def summarize(data: dict) -> str:
@@ -17,25 +29,76 @@ def summarize(data: dict) -> str:
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
         cases[bench["group"]][info["provider"]] = {"median": bench["stats"]["median"], **info}
-    lines = ["| case | provider | median (ms) | GB/s | fraction of copy | x eager | x compile |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| case | provider | median (ms) | GB/s | fraction of copy | first call (ms) "
+             "| x eager | x compile |", "|---|---|---|---|---|---|---|---|"]
     for case, providers in cases.items():
         eager = providers.get("reference", {}).get("median")
         compiled = providers.get("compile", {}).get("median")
         for name, r in providers.items():
             x_eager = f"{eager / r['median']:.2f}" if eager else "-"
             x_comp = f"{compiled / r['median']:.2f}" if compiled else "-"
-            lines.append(f"| {case} | {name} | {r['median'] * 1e3:.2f} | {r['gb_per_s']:.2f} | "
-                         f"{r['fraction_of_copy']:.2f} | {x_eager} | {x_comp} |")
+            first = r.get("first_call_s")
+            first_ms = f"{first * 1e3:.1f}" if first is not None else "-"
+            lines.append(f"| {case} | {name} | {r['median'] * 1e3:.3f} | {r['gb_per_s']:.2f} | "
+                         f"{r['fraction_of_copy']:.2f} | {first_ms} | {x_eager} | {x_comp} |")
     return "\n".join(lines)
 
 
-def main() -> None:
+def auto_order(data: dict) -> dict:
+    """Per op, CUDA backends ordered by the geometric mean over the op's GPU cases of
+    median(triton) / median(cuda): the faster one first, then the other, then the reference.
+
+    Only cases where both backends ran count; an op without such a case gets no entry (auto
+    keeps its default order for it). ``evidence`` records the ratio and the case count.
+    """
+    medians: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    devices = set()
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if info.get("provider") in GPU_BACKENDS and bench["group"].endswith("-cuda"):
+            medians[info["op"]][bench["group"]][info["provider"]] = bench["stats"]["median"]
+            devices.add(info.get("device", "unknown"))
+    orders, evidence = {}, {}
+    for op, cases in sorted(medians.items()):
+        ratios = [c["triton"] / c["cuda"] for c in cases.values() if set(GPU_BACKENDS) <= set(c)]
+        if not ratios:
+            continue
+        ratio = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        first, second = ("cuda", "triton") if ratio >= 1.0 else ("triton", "cuda")
+        for public in DECIDES.get(op, (op,)):
+            orders[public] = [first, second, "reference"]
+        evidence[op] = {"triton_over_cuda_time": round(ratio, 4), "cases": len(ratios)}
+    return {"orders": orders, "evidence": evidence, "devices": sorted(devices),
+            "source": data.get("datetime", "unknown")}
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write through a temp file + rename, so a failed run never leaves half a table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json_file", help="pytest-benchmark JSON output")
-    args = parser.parse_args()
+    parser.add_argument("--auto-order", type=Path, metavar="OUT",
+                        help="also write the per-op CUDA/Triton order of a GPU run to OUT "
+                             "(mmfast/ops/cuda_auto_order.json is what auto dispatch reads)")
+    args = parser.parse_args(argv)
     with open(args.json_file) as fh:
-        print(summarize(json.load(fh)))
+        data = json.load(fh)
+    print(summarize(data))
+    if args.auto_order is not None:
+        table = auto_order(data)
+        if not table["orders"]:
+            raise SystemExit(f"{args.json_file} has no GPU case where both cuda and triton ran: "
+                             f"nothing written to {args.auto_order}")
+        write_json_atomic(args.auto_order, table)
+        print(f"\nauto order written to {args.auto_order}: {table['orders']}")
 
 
 if __name__ == "__main__":

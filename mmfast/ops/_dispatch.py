@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -18,7 +20,29 @@ ENV_VAR = "MMFAST_BACKEND"
 #: is never chosen automatically. On CUDA, per-op orders come from the GPU benchmarks.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpp", "reference"),
                                           "cuda": ("cuda", "triton", "reference")}
-AUTO_ORDER_CUDA_PER_OP: dict[str, tuple[str, ...]] = {}
+#: Written by ``benchmarks/summarize.py RESULTS.json --auto-order`` from a GPU benchmark run.
+CUDA_AUTO_ORDER_FILE = Path(__file__).with_name("cuda_auto_order.json")
+
+
+def load_cuda_auto_order(path: Path = CUDA_AUTO_ORDER_FILE) -> dict[str, tuple[str, ...]]:
+    """Per-op CUDA orders measured by the GPU benchmarks ({} when none were recorded).
+
+    A malformed file is an error naming the file: a silently ignored table would make auto
+    pick a backend the benchmarks showed to be slower.
+    """
+    if not path.exists():
+        return {}
+    orders = json.loads(path.read_text()).get("orders", {})
+    table = {}
+    for op, order in orders.items():
+        if not isinstance(order, list) or not order or not set(order) <= set(BACKENDS):
+            raise ValueError(f"{path}: orders[{op!r}] must be a non-empty list of backends from "
+                             f"{BACKENDS}, got {order!r}")
+        table[op] = tuple(order)
+    return table
+
+
+AUTO_ORDER_CUDA_PER_OP: dict[str, tuple[str, ...]] = load_cuda_auto_order()
 
 
 def triton_module(op: str):
