@@ -21,7 +21,8 @@ def all_ops_step(x, mask, weight, z, target, lip, backend):
 
 # The reference path under compile is exercised by the benchmarks' "compile" provider; CI
 # compiles the kernel backends only (each compile costs tens of seconds on 2 cores).
-@pytest.mark.parametrize("backend,device", [("cpp", "cpu"), ("cuda", "cuda"), ("triton", "cuda")])
+@pytest.mark.parametrize("backend,device", [("cpp", "cpu"), ("triton", "cpu"), ("cuda", "cuda"),
+                                            ("triton", "cuda")])
 def test_fullgraph_forward_backward(backend, device):
     for op in ALL_OPS:
         dev = require(op, backend, device)
