@@ -49,7 +49,7 @@ def auto_order(data: dict) -> dict:
     median(triton) / median(cuda): the faster one first, then the other, then the reference.
 
     Only cases where both backends ran count; an op without such a case gets no entry (auto
-    keeps its default order for it). ``evidence`` records the ratio and the case count.
+    keeps its default order for it). ``evidence`` records the ratio, overall and per case.
     """
     medians: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     devices = set()
@@ -60,14 +60,19 @@ def auto_order(data: dict) -> dict:
             devices.add(info.get("device", "unknown"))
     orders, evidence = {}, {}
     for op, cases in sorted(medians.items()):
-        ratios = [c["triton"] / c["cuda"] for c in cases.values() if set(GPU_BACKENDS) <= set(c)]
+        per_case = {group: c["triton"] / c["cuda"] for group, c in cases.items()
+                    if set(GPU_BACKENDS) <= set(c)}
+        ratios = list(per_case.values())
         if not ratios:
             continue
         ratio = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
         first, second = ("cuda", "triton") if ratio >= 1.0 else ("triton", "cuda")
         for public in DECIDES.get(op, (op,)):
             orders[public] = [first, second, "reference"]
-        evidence[op] = {"triton_over_cuda_time": round(ratio, 4), "cases": len(ratios)}
+        # per case too: if the winner flips between shapes, that is where to split the choice
+        # by shape class (today it is per op).
+        evidence[op] = {"triton_over_cuda_time": round(ratio, 4), "cases": len(ratios),
+                        "per_case": {g: round(r, 4) for g, r in per_case.items()}}
     return {"orders": orders, "evidence": evidence, "devices": sorted(devices),
             "source": data.get("datetime", "unknown")}
 

@@ -61,8 +61,10 @@ def test_auto_order_picks_the_faster_gpu_backend_per_op():
         "subset_logits": ["triton", "cuda", "reference"],
     }
     assert "noisy_modality_dropout" not in table["orders"]
-    assert table["evidence"]["certified_margin"] == {"triton_over_cuda_time": pytest.approx(
-        2 ** 0.5, rel=1e-3), "cases": 2}
+    evidence = table["evidence"]["certified_margin"]
+    assert evidence["triton_over_cuda_time"] == pytest.approx(2 ** 0.5, rel=1e-3)
+    assert evidence["per_case"] == {"certified_margin-fwd-C100-cuda": 4.0,
+                                    "certified_margin-fwd-C10-cuda": 0.5}
     assert table["devices"] == ["H100"]
 
 
