@@ -8,6 +8,12 @@ decoding and resizing.
 
 ``decode_device`` is "cpu" (pipeline with ``device_id=None``; VP8/VP9/MJPEG video only) or
 "gpu" (video and image decoding with ``device="mixed"`` and the rest on the GPU).
+
+Temporal sampling (:attr:`VideoSpec.sampling`): "head" is a fixed ``start_frame`` /
+``sequence_length`` / ``stride`` in the graph; "uniform" needs each clip's frame count, so the
+external source also feeds the per-sample frame indices (:meth:`VideoSpec.frame_indices`, int32)
+and ``fn.decoders.video`` takes them as its ``frames`` argument input. Both devices share that
+call; argument inputs live on the CPU for the "mixed" decoder too.
 """
 
 from __future__ import annotations
@@ -22,12 +28,31 @@ from mmfast.data.specs import AudioSpec, DataSpec, ImageSpec, VideoSpec
 DECODE_DEVICES = ("cpu", "gpu")
 
 
-def video_branch(encoded, spec: VideoSpec, decode_device: str):
-    """Encoded video bytes -> uint8 (T, H, W, 3): frames 0, stride, 2*stride, ... (the last
-    frame repeated for short clips), resized with an antialiased linear filter."""
-    frames = fn.decoders.video(
-        encoded, device="mixed" if decode_device == "gpu" else "cpu",
-        start_frame=0, sequence_length=spec.frames, stride=spec.stride, pad_mode="edge")
+def uses_frame_indices(modalities: Sequence[str], spec: DataSpec,
+                       array_ndims: Mapping[str, int] | None = None) -> bool:
+    """True when the pipeline's source must feed per-sample video frame indices: video is
+    decoded (not a pre-decoded array) with ``spec.video.sampling == "uniform"``."""
+    return ("video" in modalities and "video" not in (array_ndims or {})
+            and spec.video.sampling == "uniform")
+
+
+def video_branch(encoded, spec: VideoSpec, decode_device: str, frame_indices=None):
+    """Encoded video bytes -> uint8 (T, H, W, 3), resized with an antialiased linear filter.
+
+    "head" sampling: frames 0, stride, 2*stride, ... (the last one in the clip repeated for
+    short clips). "uniform": the per-sample int32 indices ``frame_indices`` (a DALI node, from
+    :meth:`VideoSpec.frame_indices`), in that order; ``pad_mode="edge"`` repeats the clip's
+    last frame for any index past its end (a frame count that overestimates).
+    """
+    if spec.sampling == "uniform":
+        if frame_indices is None:
+            raise ValueError("frame_indices: uniform video sampling needs the per-sample frame "
+                             "indices from the source, got None")
+        selection = {"frames": frame_indices}
+    else:
+        selection = {"start_frame": 0, "sequence_length": spec.frames, "stride": spec.stride}
+    frames = fn.decoders.video(encoded, device="mixed" if decode_device == "gpu" else "cpu",
+                               pad_mode="edge", **selection)
     return fn.resize(frames, size=(spec.height, spec.width), interp_type=types.INTERP_LINEAR,
                      antialias=True)
 
@@ -82,9 +107,10 @@ def build_pipeline(
     int64 metadata rows passed through from ``source``. Modalities in ``array_ndims`` are fed
     as pre-decoded float32 arrays of that many dimensions and passed through.
 
-    ``source()`` returns, per batch, one list of encoded byte arrays per modality and a list of
-    int64 metadata rows; it raises StopIteration at the end of an epoch (DALI then stops after
-    the prefetched batches and needs ``pipe.reset()``).
+    ``source()`` returns, per batch, one list of encoded byte arrays per modality, then, only
+    when :func:`uses_frame_indices`, one list of int32 (spec.video.frames,) video frame
+    indices, then a list of int64 metadata rows; it raises StopIteration at the end of an
+    epoch (DALI then stops after the prefetched batches and needs ``pipe.reset()``).
     """
     if decode_device not in DECODE_DEVICES:
         raise ValueError(f"decode_device: expected one of {DECODE_DEVICES}, got {decode_device!r}")
@@ -98,13 +124,21 @@ def build_pipeline(
                     prefetch_queue_depth=prefetch, seed=seed)
     with pipe:
         arrays = dict(array_ndims or {})
+        indexed = uses_frame_indices(modalities, spec, arrays)
+        extra = [types.INT32] if indexed else []
         inputs = fn.external_source(
-            source=source, num_outputs=len(modalities) + 1, batch=True,
+            source=source, num_outputs=len(modalities) + len(extra) + 1, batch=True,
             dtype=[types.FLOAT if m in arrays else types.UINT8 for m in modalities]
-            + [types.INT64],
-            ndim=[arrays.get(m, 1) for m in modalities] + [1])
-        outputs = [inputs[i] if m in arrays else BRANCHES[m](inputs[i], getattr(spec, m),
-                                                              decode_device)
-                   for i, m in enumerate(modalities)]
+            + extra + [types.INT64],
+            ndim=[arrays.get(m, 1) for m in modalities] + [1] * len(extra) + [1])
+        outputs = []
+        for i, m in enumerate(modalities):
+            if m in arrays:
+                outputs.append(inputs[i])
+            elif m == "video":
+                outputs.append(video_branch(inputs[i], spec.video, decode_device,
+                                            inputs[len(modalities)] if indexed else None))
+            else:
+                outputs.append(BRANCHES[m](inputs[i], getattr(spec, m), decode_device))
         pipe.set_outputs(*outputs, inputs[-1])
     return pipe

@@ -23,10 +23,11 @@ from torch import Tensor
 from mmfast.data.arrays import read_array
 from mmfast.data.base import LoaderBase
 from mmfast.data.batch import collate, empty_batch, make_batch
-from mmfast.data.dali_pipelines import build_pipeline
+from mmfast.data.dali_pipelines import build_pipeline, uses_frame_indices
 from mmfast.data.manifest import Manifest
 from mmfast.data.probe import placeholder
 from mmfast.data.specs import DataSpec
+from mmfast.data.video_io import count_video_frames
 from mmfast.nn.model import MODALITIES
 
 DECODE_CHOICES = ("auto", "cpu", "gpu")
@@ -69,17 +70,30 @@ class _BatchSource:
 
     The last batch is padded to the pipeline's batch size by repeating a row flagged invalid;
     an absent or unreadable file is replaced by ``stand_ins[m]`` and flagged absent.
+
+    With ``frame_indices=(m, indices)``, a list of ``indices(encoded bytes)`` of column m (the
+    video's uniform-sampling frame indices) follows the modality columns; they are computed
+    once per file (or stand-in) and cached, and a file whose count fails is a read failure.
     """
 
     # metadata row layout: index, label, valid, present[0..M)
     def __init__(self, paths: list[list[Path | None]], labels: list[int], batch_size: int,
                  readers: Sequence[Callable[[Path], np.ndarray]],
-                 stand_ins: Sequence[np.ndarray], on_read_error) -> None:
+                 stand_ins: Sequence[np.ndarray], on_read_error,
+                 frame_indices: tuple[int, Callable[[np.ndarray], np.ndarray]] | None = None
+                 ) -> None:
         self._paths, self._labels, self._batch_size = paths, labels, batch_size
         self._readers, self._stand_ins = tuple(readers), tuple(stand_ins)
         self._on_read_error = on_read_error
+        self._frame_indices = frame_indices
+        self._index_cache: dict[Path | None, np.ndarray] = {}
         self._order: list[int] = []
         self._pos = 0
+
+    def _indices(self, key: Path | None, data: np.ndarray) -> np.ndarray:
+        if key not in self._index_cache:
+            self._index_cache[key] = self._frame_indices[1](data)
+        return self._index_cache[key]
 
     def start(self, order: list[int]) -> None:
         self._order, self._pos = order, 0
@@ -89,10 +103,17 @@ class _BatchSource:
         if path is None:
             return self._stand_ins[m], False
         try:
-            return self._readers[m](path), True
+            data = self._readers[m](path)
         except (OSError, ValueError) as exc:
             self._on_read_error(m, row, f"read failed ({exc})")
             return self._stand_ins[m], False
+        if self._frame_indices is not None and m == self._frame_indices[0]:
+            try:
+                self._indices(path, data)
+            except Exception as exc:  # any demuxer error: the file cannot be sampled
+                self._on_read_error(m, row, f"frame count failed ({type(exc).__name__}: {exc})")
+                return self._stand_ins[m], False
+        return data, True
 
     def __call__(self):
         if self._pos >= len(self._order):
@@ -100,6 +121,8 @@ class _BatchSource:
         rows = self._order[self._pos:self._pos + self._batch_size]
         self._pos += len(rows)
         columns: list[list[np.ndarray]] = [[] for _ in self._readers]
+        if self._frame_indices is not None:
+            columns.append([])
         meta = []
         for row in rows:
             present = []
@@ -107,6 +130,9 @@ class _BatchSource:
                 data, here = self._read(row, m)
                 columns[m].append(data)
                 present.append(int(here))
+                if self._frame_indices is not None and m == self._frame_indices[0]:
+                    key = self._paths[row][m] if here else None
+                    columns[-1].append(self._indices(key, data))
             meta.append(np.array([row, self._labels[row], 1, *present], dtype=np.int64))
         pad = self._batch_size - len(rows)  # repeat the last row, flagged invalid
         for column in columns:
@@ -169,9 +195,15 @@ class MultiModalLoader(LoaderBase):
                    for m in self.modalities]
         stand_ins = [np.zeros(self.array_shapes[m], np.float32) if m in self.array_shapes
                      else placeholder(m) for m in self.modalities]
+        frame_indices = None
+        if uses_frame_indices(self.modalities, self.spec, self.array_shapes):
+            video = self.spec.video
+            frame_indices = (self.modalities.index("video"), lambda data: video.frame_indices(
+                count_video_frames(data)).astype(np.int32))
         self._source = _BatchSource(
             self.paths, [s.label for s in self.samples], batch_size, readers, stand_ins,
-            lambda m, row, reason: self.record_problem(self.modalities[m], row, reason))
+            lambda m, row, reason: self.record_problem(self.modalities[m], row, reason),
+            frame_indices)
         self._pipe = None
 
     def _new_pipeline(self):

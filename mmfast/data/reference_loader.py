@@ -24,7 +24,7 @@ from mmfast.data.batch import collate, empty_batch, make_batch
 from mmfast.data.manifest import Manifest
 from mmfast.data.probe import probe
 from mmfast.data.specs import AudioSpec, DataSpec, ImageSpec, VideoSpec
-from mmfast.data.video_io import decode_video
+from mmfast.data.video_io import count_video_frames, decode_video
 from mmfast.nn.model import MODALITIES
 
 
@@ -41,11 +41,15 @@ def resize_pixels(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def reference_video(path: str | os.PathLike, spec: VideoSpec) -> np.ndarray:
-    """uint8 (T, H, W, 3): frames 0, stride, ... (the last repeated when short), resized."""
-    frames = decode_video(path)[::spec.stride][:spec.frames]
-    if len(frames) < spec.frames:
-        frames = np.concatenate([frames, np.repeat(frames[-1:], spec.frames - len(frames), 0)])
-    return resize_pixels(frames, spec.height, spec.width)
+    """uint8 (T, H, W, 3), resized: the frames :meth:`VideoSpec.frame_indices` picks, as the
+    DALI branch does. "head": 0, stride, ... (the last repeated when short) of the decoded
+    frames. "uniform": spread over the clip's frame count from :func:`count_video_frames` (the
+    count the DALI loader feeds), an index past the decoded frames taking the last one (DALI's
+    ``pad_mode="edge"``)."""
+    frames = decode_video(path)
+    n = count_video_frames(path) if spec.sampling == "uniform" else len(frames)
+    chosen = np.minimum(spec.frame_indices(n), len(frames) - 1)
+    return resize_pixels(frames[chosen], spec.height, spec.width)
 
 
 def reference_image(path: str | os.PathLike, spec: ImageSpec) -> np.ndarray:

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+#: Temporal sampling of a clip (:attr:`VideoSpec.sampling`).
+VIDEO_SAMPLINGS = ("head", "uniform")
+
 
 def _check_positive(owner: str, **values: int | float) -> None:
     for name, value in values.items():
@@ -23,19 +28,46 @@ def _check_channels(owner: str, channels: int) -> None:
 
 @dataclass(frozen=True)
 class VideoSpec:
-    """Clip of ``frames`` frames taken every ``stride``-th frame from the start (the last frame
-    repeats when a clip is shorter), resized to height x width, grey or RGB."""
+    """Clip of ``frames`` frames resized to height x width, grey or RGB, chosen by ``sampling``
+    (see :meth:`frame_indices` for the exact rules):
+
+    * ``"head"`` (default): every ``stride``-th frame from the start, 0, stride, 2 * stride, ...
+      (the last of them repeats when a clip is shorter). Sees only the clip's beginning.
+    * ``"uniform"``: ``frames`` indices spread evenly over the whole clip (TSN-style segment
+      centres; ``stride`` is ignored); a clip with fewer frames repeats some of them.
+    """
 
     frames: int = 8
     stride: int = 2
     height: int = 32
     width: int = 32
     channels: int = 1
+    sampling: str = "head"
 
     def __post_init__(self) -> None:
         _check_positive("VideoSpec", frames=self.frames, stride=self.stride,
                         height=self.height, width=self.width)
         _check_channels("VideoSpec", self.channels)
+        if self.sampling not in VIDEO_SAMPLINGS:
+            raise ValueError(f"VideoSpec.sampling: expected one of {VIDEO_SAMPLINGS}, "
+                             f"got {self.sampling!r}")
+
+    def frame_indices(self, num_frames: int) -> np.ndarray:
+        """int64 (frames,): the frame indices of a clip of ``num_frames`` frames (n below; a
+        clip reported as empty counts as one frame), T = ``frames``.
+
+        * head: ``i * stride`` for i < T, each past the clip replaced by the last one inside it,
+          ``((n - 1) // stride) * stride`` (what DALI's ``pad_mode="edge"`` repeats).
+        * uniform: ``floor((i + 0.5) * n / T)`` for i < T, computed exactly in integers as
+          ``((2 i + 1) n) // (2 T)``: the centre frame of T equal segments. Always in
+          [0, n - 1]; spans the clip when n >= T, and repeats frames when n < T (n=5, T=8:
+          0 0 1 2 2 3 4 4).
+        """
+        n = max(int(num_frames), 1)
+        i = np.arange(self.frames, dtype=np.int64)
+        if self.sampling == "uniform":
+            return ((2 * i + 1) * n) // (2 * self.frames)
+        return np.minimum(i * self.stride, ((n - 1) // self.stride) * self.stride)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:

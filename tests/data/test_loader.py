@@ -98,6 +98,21 @@ def test_matches_reference_loader(tiny_root):
     assert [len(b["label"]) for b in ref_batches] == [4, 4, 2]
 
 
+def test_matches_reference_loader_uniform_sampling(tiny_root):
+    """Per-sample uniform frame indices (DALI `frames` argument input) on the avdigits clips;
+    tests/data/test_video_sampling.py checks the exact indices and rows without video."""
+    spec = DataSpec(VideoSpec(sampling="uniform"))
+    dali = load_split(tiny_root, "train", modalities=("video",), spec=spec, batch_size=4,
+                      decode_device="cpu")
+    ref = reference_load_split(tiny_root, "train", modalities=("video",), spec=spec)
+    assert torch.equal(dali["mask"], ref["mask"])
+    assert (dali["video"] - ref["video"]).abs().mean() < 0.01
+    torch.testing.assert_close(dali["video"], ref["video"], atol=0.1, rtol=0)
+    head = load_split(tiny_root, "train", modalities=("video",), batch_size=4,
+                      decode_device="cpu")
+    assert not torch.equal(head["video"], dali["video"])  # other frames than "head"
+
+
 def test_missing_and_broken_files_are_masked_and_reported(tiny_copy):
     manifest = read_manifest(tiny_copy)
     samples = manifest.split("train")
