@@ -22,10 +22,10 @@ def test_philox_known_answers():
     assert [int(v) for v in got] == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp"])
-def test_reproducible_and_offset_changes_stream(backend):
-    require(OP, backend, "cpu")
-    x = torch.randn(16, 3, 5)
+@pytest.mark.parametrize("backend,device", [("reference", "cpu"), *BACKENDS])
+def test_reproducible_and_offset_changes_stream(backend, device):
+    dev = require(OP, backend, device)
+    x = torch.randn(16, 3, 5, device=dev)
     a = noisy_modality_dropout(x, 0.3, 0.5, seed=7, offset=3, backend=backend)
     b = noisy_modality_dropout(x, 0.3, 0.5, seed=7, offset=3, backend=backend)
     c = noisy_modality_dropout(x, 0.3, 0.5, seed=7, offset=4, backend=backend)
@@ -35,11 +35,11 @@ def test_reproducible_and_offset_changes_stream(backend):
     assert not torch.equal(a[0], c[0]) and not torch.equal(a[0], d[0])
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp"])
-def test_statistics_on_a_large_draw(backend):
-    require(OP, backend, "cpu")
+@pytest.mark.parametrize("backend,device", [("reference", "cpu"), *BACKENDS])
+def test_statistics_on_a_large_draw(backend, device):
+    dev = require(OP, backend, device)
     B, N, p, sigma = 4000, 256, 0.3, 0.7
-    x = torch.zeros(B, N)
+    x = torch.zeros(B, N, device=dev)
     y, keep, sigma_used = noisy_modality_dropout(x, p, sigma, seed=1, offset=0, fill=-5.0,
                                                  backend=backend)
     rate = keep.float().mean().item()
