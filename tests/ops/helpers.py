@@ -49,6 +49,15 @@ def presence_mask(B: int, M: int, device, p_present: float = 0.6) -> torch.Tenso
     return mask
 
 
+def misaligned(t: torch.Tensor) -> torch.Tensor:
+    """The same values, contiguous, but starting one element past the allocation's (16-byte
+    aligned) start: kernels that load 16-byte vectors must notice and take their scalar path."""
+    buffer = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buffer[1:].view(t.shape).copy_(t)
+    assert out.is_contiguous() and out.data_ptr() % 16 != 0
+    return out
+
+
 def non_contiguous(t: torch.Tensor) -> torch.Tensor:
     """The same values in a non-contiguous layout (a transposed copy transposed back)."""
     if t.dim() < 2:

@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from mmfast.ops import masked_fusion, reference
-from tests.ops.helpers import BACKENDS, DTYPES, assert_close, non_contiguous, presence_mask, require
+from tests.ops.helpers import (
+    BACKENDS,
+    DTYPES,
+    assert_close,
+    misaligned,
+    non_contiguous,
+    presence_mask,
+    require,
+)
 
 OP = "masked_fusion"
 SHAPES = [(5, 3, 7), (1, 1, 1), (0, 2, 4), (17, 8, 33), (4, 2, 130)]
@@ -64,6 +72,22 @@ def test_forward_matches_reference(backend, device, dtype, shape, weight_kind):
         assert denom.dtype == torch.float32
         assert_close(y, y_ref, dtype, scale=shape[1])
         torch.testing.assert_close(denom, denom_ref)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_contiguous_but_misaligned_inputs(backend, device, dtype):
+    """D a multiple of every vector width, so only the pointer forbids 16-byte vectors."""
+    dev = require(OP, backend, device)
+    x, mask, weight = sample_inputs((6, 3, 16), dev, dtype, "per_sample")
+    x_mis = misaligned(x).requires_grad_(True)
+    x_ref = x.clone().requires_grad_(True)
+    y, _ = masked_fusion(x_mis, mask, weight, backend=backend)
+    y_ref, _ = reference.masked_fusion(x_ref, mask, weight)
+    assert_close(y, y_ref, dtype)
+    g = torch.randn_like(y_ref)
+    assert_close(torch.autograd.grad(y, x_mis, g)[0], torch.autograd.grad(y_ref, x_ref, g)[0],
+                 dtype)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

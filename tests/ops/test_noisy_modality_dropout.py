@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmfast.ops import modality_noise_dropout, noisy_modality_dropout, reference
-from tests.ops.helpers import BACKENDS, DTYPES, TOLERANCE, non_contiguous, require
+from tests.ops.helpers import BACKENDS, DTYPES, TOLERANCE, misaligned, non_contiguous, require
 
 OP = "noisy_modality_dropout"
 
@@ -78,6 +78,19 @@ def test_matches_reference(backend, device, dtype, shape, sigma):
     assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
     atol, rtol = TOLERANCE[dtype]
     torch.testing.assert_close(got[0], want[0], atol=max(atol, 1e-5), rtol=max(rtol, 1e-5))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_contiguous_but_misaligned_input(backend, device, dtype):
+    """Rows a multiple of every vector width, so only the pointer forbids 16-byte vectors."""
+    dev = require(OP, backend, device)
+    x = torch.randn(12, 4, 8, device=dev, dtype=dtype)
+    y, keep, _ = noisy_modality_dropout(misaligned(x), 0.5, 0.3, seed=5, backend=backend)
+    want, want_keep, _ = noisy_modality_dropout(x, 0.5, 0.3, seed=5, backend="reference")
+    assert torch.equal(keep, want_keep)
+    atol, rtol = TOLERANCE[dtype]
+    torch.testing.assert_close(y, want, atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

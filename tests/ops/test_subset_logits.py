@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from mmfast.ops import all_subsets, masked_fusion, reference, subset_accuracy, subset_logits
-from tests.ops.helpers import BACKENDS, DTYPES, assert_close, non_contiguous, presence_mask, require
+from tests.ops.helpers import (
+    BACKENDS,
+    DTYPES,
+    assert_close,
+    misaligned,
+    non_contiguous,
+    presence_mask,
+    require,
+)
 
 SHAPES = [(7, 3, 5), (1, 1, 1), (0, 2, 3), (20, 4, 11), (5, 8, 3)]
 
@@ -63,6 +71,19 @@ def test_matches_reference(backend, device, dtype, shape):
             torch.testing.assert_close(acc, acc_ref, equal_nan=True)
         else:  # half inputs: the float32 argmax may differ only on near-ties
             assert torch.all((acc - acc_ref).abs().nan_to_num() <= 2 / max(B, 1))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_contiguous_but_misaligned_logits(backend, device):
+    """C a multiple of every vector width, so only the pointer forbids 16-byte vectors."""
+    dev = require("subset_logits", backend, device)
+    z = torch.randn(9, 3, 16, device=dev)
+    target = torch.randint(0, 16, (9,), device=dev)
+    subsets = all_subsets(3, dev)
+    got = subset_logits(misaligned(z), subsets, backend=backend)
+    torch.testing.assert_close(got, reference.subset_logits(z, subsets))
+    acc = subset_accuracy(misaligned(z), target, backend=backend)
+    torch.testing.assert_close(acc, reference.subset_accuracy(z, target, subsets))
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
