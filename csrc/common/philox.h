@@ -70,11 +70,22 @@ MMFAST_HOST_DEVICE float philox_uniform(uint32_t r) {
 }
 
 // Box-Muller on one lane pair: n0 = sqrt(-2 ln u0) cos(2 pi u1), n1 = ... sin(2 pi u1).
+// On a GPU, cos / sin are the hardware approximations (__cosf / __sinf: one MUFU op each, abs
+// error < 2^-21.4 on [-pi, pi]) of theta taken in [-pi, pi), as the Triton kernel does: the
+// precise versions (range reduction, polynomial, a large-argument fallback) cost tens of
+// instructions per pair in a kernel that must run at memory speed. log stays precise (the
+// approximate one loses relative accuracy for u0 near 1). The CPU keeps libm's cosf / sinf.
 MMFAST_HOST_DEVICE void box_muller(float u0, float u1, float* n0, float* n1) {
   const float radius = sqrtf(-2.0f * logf(u0));
+#if defined(__CUDA_ARCH__)
+  const float theta = 6.28318530717958647692f * (u1 >= 0.5f ? u1 - 1.0f : u1);  // u1 - 1 exact
+  *n0 = radius * __cosf(theta);
+  *n1 = radius * __sinf(theta);
+#else
   const float theta = 6.28318530717958647692f * u1;
   *n0 = radius * cosf(theta);
   *n1 = radius * sinf(theta);
+#endif
 }
 
 // The four N(0, 1) draws of noise block `block` (elements 4*block .. 4*block+3).
