@@ -21,6 +21,10 @@ mkdir -p "$OUT"
 "$PYTHON" - <<'PY'
 import torch
 assert torch.cuda.is_available(), "scripts/gpu_check.sh needs a CUDA GPU and a CUDA torch"
+import importlib.util
+missing = [m for m in ("pytest", "pytest_benchmark", "triton", "numpy")
+           if importlib.util.find_spec(m) is None]
+assert not missing, f"install {missing} first (versions: requirements.txt)"
 print(f"torch {torch.__version__} CUDA {torch.version.cuda} on {torch.cuda.get_device_name()}")
 PY
 
