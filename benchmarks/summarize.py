@@ -1,8 +1,8 @@
 """Turn a ``pytest benchmarks --benchmark-only --benchmark-json=FILE`` result into the Markdown
 table of benchmarks/README.md (per case, each provider's median time, GB/s, fraction of the
 copy bandwidth measured in the same run, first-call time, and speed-up over eager reference and
-torch.compile), and, from a GPU run, into the per-op CUDA-vs-Triton order that ``auto``
-dispatch uses (mmfast/ops/cuda_auto_order.json).
+torch.compile), and, from a GPU run, into the CUDA-vs-Triton order per op and shape class
+that ``auto`` dispatch uses (mmfast/ops/cuda_auto_order.json).
 
     python benchmarks/summarize.py FILE.json
     python benchmarks/summarize.py FILE.json --auto-order mmfast/ops/cuda_auto_order.json
@@ -44,34 +44,50 @@ def summarize(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _faster_first(ratios: list[float]) -> tuple[list[str], float]:
+    """(order, geometric-mean ratio) from median(triton) / median(cuda) ratios."""
+    ratio = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    first, second = ("cuda", "triton") if ratio >= 1.0 else ("triton", "cuda")
+    return [first, second, "reference"], ratio
+
+
 def auto_order(data: dict) -> dict:
-    """Per op, CUDA backends ordered by the geometric mean over the op's GPU cases of
-    median(triton) / median(cuda): the faster one first, then the other, then the reference.
+    """Per op and shape class (``mmfast.ops._dispatch.shape_class``), CUDA backends ordered by
+    the geometric mean over the GPU cases of median(triton) / median(cuda): the faster one
+    first, then the other, then the reference; "*" is the order over all of the op's cases
+    (used for a shape class no case measured).
 
     Only cases where both backends ran count; an op without such a case gets no entry (auto
-    keeps its default order for it). ``evidence`` records the ratio, overall and per case.
+    keeps its default order for it). ``evidence`` records the ratios: per class and per case.
     """
+    from mmfast.ops._dispatch import ANY_SHAPE, shape_class
+
     medians: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    shapes: dict[str, tuple[int, ...]] = {}
     devices = set()
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
         if info.get("provider") in GPU_BACKENDS and bench["group"].endswith("-cuda"):
             medians[info["op"]][bench["group"]][info["provider"]] = bench["stats"]["median"]
+            shapes[bench["group"]] = tuple(info.get("shape", ()))
             devices.add(info.get("device", "unknown"))
     orders, evidence = {}, {}
     for op, cases in sorted(medians.items()):
         per_case = {group: c["triton"] / c["cuda"] for group, c in cases.items()
                     if set(GPU_BACKENDS) <= set(c)}
-        ratios = list(per_case.values())
-        if not ratios:
+        if not per_case:
             continue
-        ratio = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-        first, second = ("cuda", "triton") if ratio >= 1.0 else ("triton", "cuda")
+        by_class: dict[str, list[float]] = defaultdict(list)
+        for group, ratio in per_case.items():
+            by_class[shape_class(op, shapes[group])].append(ratio)
+        by_class[ANY_SHAPE] = list(per_case.values())
+        op_orders, op_ratios = {}, {}
+        for cls, ratios in sorted(by_class.items()):
+            op_orders[cls], ratio = _faster_first(ratios)
+            op_ratios[cls] = round(ratio, 4)
         for public in DECIDES.get(op, (op,)):
-            orders[public] = [first, second, "reference"]
-        # per case too: if the winner flips between shapes, that is where to split the choice
-        # by shape class (today it is per op).
-        evidence[op] = {"triton_over_cuda_time": round(ratio, 4), "cases": len(ratios),
+            orders[public] = op_orders
+        evidence[op] = {"triton_over_cuda_time": op_ratios,
                         "per_case": {g: round(r, 4) for g, r in per_case.items()}}
     return {"orders": orders, "evidence": evidence, "devices": sorted(devices),
             "source": data.get("datetime", "unknown")}

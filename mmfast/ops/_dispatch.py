@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,10 +24,29 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpp", "reference"),
                                           "cuda": ("cuda", "triton", "reference")}
 #: Written by ``benchmarks/summarize.py RESULTS.json --auto-order`` from a GPU benchmark run.
 CUDA_AUTO_ORDER_FILE = Path(__file__).with_name("cuda_auto_order.json")
+#: Shape classes of the auto choice: the width of a row (the innermost dimension the kernels
+#: tile and vectorise: D, C, or a noise sample's element count) below / from this many elements.
+NARROW_BELOW = 32
+SHAPE_CLASSES = ("narrow", "wide")
+ANY_SHAPE = "*"  # the op's order over all its benchmarked shapes
 
 
-def load_cuda_auto_order(path: Path = CUDA_AUTO_ORDER_FILE) -> dict[str, tuple[str, ...]]:
-    """Per-op CUDA orders measured by the GPU benchmarks ({} when none were recorded).
+def shape_class(op: str, shape: Sequence[int]) -> str:
+    """"narrow" or "wide": the row width of ``op``'s main input of this shape.
+
+    Kernels tile and vectorise along that width, so which backend wins can flip with it
+    (issue 5 benchmarks certified_margin at C = 100 and C = 10).
+    """
+    if op == "noisy_modality_dropout":
+        width = math.prod(shape[1:])
+    else:  # masked_fusion x (B, M, D); certified_margin / subset_* z (B, M, C)
+        width = shape[-1] if len(shape) else 0
+    return "narrow" if width < NARROW_BELOW else "wide"
+
+
+def load_cuda_auto_order(path: Path = CUDA_AUTO_ORDER_FILE
+                         ) -> dict[str, dict[str, tuple[str, ...]]]:
+    """{op: {shape class or "*": order}} measured by the GPU benchmarks ({} when none were).
 
     A malformed file is an error naming the file: a silently ignored table would make auto
     pick a backend the benchmarks showed to be slower.
@@ -33,16 +54,20 @@ def load_cuda_auto_order(path: Path = CUDA_AUTO_ORDER_FILE) -> dict[str, tuple[s
     if not path.exists():
         return {}
     orders = json.loads(path.read_text()).get("orders", {})
-    table = {}
-    for op, order in orders.items():
-        if not isinstance(order, list) or not order or not set(order) <= set(BACKENDS):
-            raise ValueError(f"{path}: orders[{op!r}] must be a non-empty list of backends from "
-                             f"{BACKENDS}, got {order!r}")
-        table[op] = tuple(order)
+    table: dict[str, dict[str, tuple[str, ...]]] = {}
+    for op, by_class in orders.items():
+        if not isinstance(by_class, dict) or not set(by_class) <= {ANY_SHAPE, *SHAPE_CLASSES}:
+            raise ValueError(f"{path}: orders[{op!r}] must map shape classes from "
+                             f"{(ANY_SHAPE, *SHAPE_CLASSES)} to orders, got {by_class!r}")
+        for cls, order in by_class.items():
+            if not isinstance(order, list) or not order or not set(order) <= set(BACKENDS):
+                raise ValueError(f"{path}: orders[{op!r}][{cls!r}] must be a non-empty list of "
+                                 f"backends from {BACKENDS}, got {order!r}")
+        table[op] = {cls: tuple(order) for cls, order in by_class.items()}
     return table
 
 
-AUTO_ORDER_CUDA_PER_OP: dict[str, tuple[str, ...]] = load_cuda_auto_order()
+AUTO_ORDER_CUDA_PER_OP: dict[str, dict[str, tuple[str, ...]]] = load_cuda_auto_order()
 
 
 def triton_module(op: str):
@@ -82,18 +107,21 @@ def unavailable_reason(op: str, backend: str, device: torch.device) -> str | Non
     return f"unknown backend {backend!r}; expected one of auto, {', '.join(BACKENDS)}"
 
 
-def choose_backend(op: str, device: torch.device, requested: str | None = None) -> str:
-    """Resolve ``requested`` (or $MMFAST_BACKEND, default auto) to a usable backend name."""
-    return _choose(op, str(device), requested or os.environ.get(ENV_VAR) or "auto")
+def choose_backend(op: str, device: torch.device, requested: str | None = None,
+                   shape: Sequence[int] = ()) -> str:
+    """Resolve ``requested`` (or $MMFAST_BACKEND, default auto) to a usable backend name;
+    ``shape`` (of the op's main input) selects the shape class of the auto order on CUDA."""
+    cls = shape_class(op, tuple(shape)) if device.type == "cuda" else ANY_SHAPE
+    return _choose(op, str(device), requested or os.environ.get(ENV_VAR) or "auto", cls)
 
 
 @torch._dynamo.assume_constant_result  # resolved once at trace time: no graph break
-def _choose(op: str, device_name: str, requested: str) -> str:
-    return _resolve(op, torch.device(device_name), requested)
+def _choose(op: str, device_name: str, requested: str, cls: str = ANY_SHAPE) -> str:
+    return _resolve(op, torch.device(device_name), requested, cls)
 
 
 @functools.cache
-def _resolve(op: str, device: torch.device, requested: str) -> str:
+def _resolve(op: str, device: torch.device, requested: str, cls: str = ANY_SHAPE) -> str:
     choice = requested.lower()
     if choice != "auto":
         reason = unavailable_reason(op, choice, device)
@@ -102,7 +130,8 @@ def _resolve(op: str, device: torch.device, requested: str) -> str:
         return choice
     order = AUTO_ORDER.get(device.type, ("reference",))
     if device.type == "cuda":
-        order = AUTO_ORDER_CUDA_PER_OP.get(op, order)
+        by_class = AUTO_ORDER_CUDA_PER_OP.get(op, {})
+        order = by_class.get(cls) or by_class.get(ANY_SHAPE) or order
     for name in order:
         if unavailable_reason(op, name, device) is None:
             return name

@@ -69,7 +69,7 @@ def certified_margin(
         raise ValueError(f"{OP}: argument 'p' expected a number >= 1 or math.inf, got {p!r}")
     if rival not in RIVALS:
         raise ValueError(f"{OP}: argument 'rival' expected one of {RIVALS}, got {rival!r}")
-    name = choose_backend(OP, dev, backend)
+    name = choose_backend(OP, dev, backend, z.shape)
     if name == "reference":
         return reference.certified_margin(z, target, lip, mask, bias, float(p), rival)
     return _registry.call(

@@ -44,7 +44,7 @@ def masked_fusion(
     _validate.modality_count(OP, "x", M)
     _validate.boolean(OP, "mask", mask, (B, M), device=x.device)
     w = _validate.modality_weight(OP, weight, B, M, x.device, opmath_dtype(x.dtype))
-    name = choose_backend(OP, x.device, backend)
+    name = choose_backend(OP, x.device, backend, x.shape)
     if name == "reference":
         return reference.masked_fusion(x, mask, w, bool(normalize))
     return _registry.call(OP, name, x.contiguous(), mask.contiguous(), w, bool(normalize))

@@ -104,7 +104,7 @@ def noisy_modality_dropout(
     p = _probabilities(p_drop, B, dev)
     s, levels = _sigmas(sigma, sigma_mode, B, dev)
     seed, offset = _counter("seed", seed), _counter("offset", offset)
-    name = choose_backend(OP, dev, backend)
+    name = choose_backend(OP, dev, backend, x.shape)
     if name == "reference":
         return reference.noisy_modality_dropout(x, p, s, levels, seed, offset, float(fill))
     return _registry.call(OP, name, x.contiguous(), p, s, levels, seed, offset, float(fill))

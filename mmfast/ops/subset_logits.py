@@ -58,7 +58,7 @@ def subset_logits(
     z, subsets, w, present = _arguments(op, z, subsets, weight, present)
     wants_grad = z.requires_grad or (w is not None and w.requires_grad)
     needs_grad = torch.is_grad_enabled() and wants_grad
-    name = "reference" if needs_grad else choose_backend(op, z.device, backend)
+    name = "reference" if needs_grad else choose_backend(op, z.device, backend, z.shape)
     if name == "reference":
         return reference.subset_logits(z, subsets, w, present)
     return _registry.call(op, name, z.contiguous(), subsets, w, present)
@@ -84,7 +84,7 @@ def subset_accuracy(
     B, _, C = z.shape
     _validate.tensor(op, "target", target, dims=(B,), dtypes=(torch.int64,), device=z.device)
     _validate.index_range(op, "target", target, C)
-    name = choose_backend(op, z.device, backend)
+    name = choose_backend(op, z.device, backend, z.shape)
     with torch.no_grad():
         if name == "reference":
             correct = reference.subset_correct(z, target, subsets, w, present)
