@@ -82,7 +82,7 @@ def test_hard_regularizer_weights_only_the_hard_combination(tiny_data, tiny_cfg)
     batch = {k: v[:32] for k, v in train.items()}
     info = StepInfo("t", 0, 0, seed=7)
     model.eval()  # deterministic forward, so the loss can be recomputed by hand
-    loss, metrics = method.loss(mining=False)(model, batch, info)
+    loss, metrics = method.loss(mining_epochs=0)(model, batch, info)
     mask = sample_uniform_subsets(batch["mask"], info.generator())
     with torch.no_grad():
         out = model({m: batch[m] for m in model.modalities}, mask)
@@ -100,7 +100,7 @@ def test_mining_records_each_combination_variance(tiny_data, tiny_cfg):
     batch = {k: v[:32] for k, v in train.items()}
     info = StepInfo("t", 0, 0, seed=3)
     model.eval()
-    method.loss(mining=True)(model, batch, info)
+    method.loss(mining_epochs=1)(model, batch, info)
     mask = sample_uniform_subsets(batch["mask"], info.generator())
     with torch.no_grad():
         logvar = model({m: batch[m] for m in model.modalities}, mask).aux["logvar"]
@@ -117,7 +117,7 @@ def test_fit_picks_the_hard_combination_and_round_trips(tmp_path, tiny_data, tin
     head = model.head
     assert int(head.hard_combination) == int(head.mean_variance().nan_to_num(-1.0).argmax())
     assert stats["hard_combination"] in stats["mean_variance"]
-    assert stats["epochs"] == {"dmrnet_mining": 1, "dmrnet_hard": 1}
+    assert stats["epochs"] == {"dmrnet": 2}  # one stage: mining epoch, then hard epoch
     loaded = load_model(tmp_path)
     assert int(loaded.head.hard_combination) == int(head.hard_combination)
     batch = {m: val[m] for m in loaded.modalities}
@@ -125,6 +125,61 @@ def test_fit_picks_the_hard_combination_and_round_trips(tmp_path, tiny_data, tin
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch, val["mask"]).logits,
                                    model(batch, val["mask"]).logits)
+
+
+def test_pme_batch_norm_puts_mu_on_the_noise_scale(tiny_data, tiny_cfg):
+    # mu = BN(W_mu c), log sigma^2 = BN(W_v c) (spec): without the BNs the class signal in mu
+    # (per-dim spread ~0.05 at init on avdigits) drowned in sigma = 1 sampling noise.
+    train, _ = tiny_data
+    _, model = _model(train, tiny_cfg)
+    head = model.head
+    batch = {m: train[m][:64] for m in model.modalities}
+    mask = train["mask"][:64]
+    model.train()
+    with torch.no_grad():
+        out = model(batch, mask)
+    mu, logvar = out.aux["mu"], out.aux["logvar"]
+    torch.testing.assert_close(mu.mean(0), torch.zeros_like(mu[0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(mu.std(0, unbiased=False), torch.ones_like(mu[0]), atol=0.02,
+                               rtol=0)
+    torch.testing.assert_close(logvar.mean(0), torch.zeros_like(mu[0]), atol=1e-4, rtol=0)
+    assert float(mu.std(0).mean()) > 0.5 * float(torch.exp(0.5 * logvar).mean())
+    assert float(head.mu_norm.running_var.mean()) != 1.0  # statistics were updated
+    # A one-sample training batch (short last batch) uses the running statistics, unchanged.
+    running = head.mu_norm.running_mean.clone()
+    with torch.no_grad():
+        single = model({m: v[:1] for m, v in batch.items()}, mask[:1])
+    torch.testing.assert_close(head.mu_norm.running_mean, running, rtol=0, atol=0)
+    model.eval()
+    with torch.no_grad():
+        alone = model({m: v[:1] for m, v in batch.items()}, mask[:1])
+        together = model(batch, mask)
+    torch.testing.assert_close(single.aux["mu"], alone.aux["mu"])
+    torch.testing.assert_close(alone.logits, together.logits[:1])  # eval: per-sample
+
+
+def test_mining_then_hard_in_one_stage_with_one_optimizer(tmp_path, tiny_data, tiny_cfg,
+                                                          monkeypatch):
+    # Restarting AdamW when the regulariser switches on cost accuracy (avdigits, 3 seeds).
+    import mmfast.train.engine as engine
+
+    made = []
+    original = engine._make_optimizer
+    monkeypatch.setattr(engine, "_make_optimizer",
+                        lambda *args: made.append(1) or original(*args))
+    train, val = tiny_data
+    fit_method("dmrnet", train, val, tiny_cfg, tmp_path)
+    assert len(made) == 1
+    # The loss mines during the first epochs and picks c* at the first step after them.
+    method, model = _model(train, tiny_cfg, mining_epochs=1)
+    model.head.reset_variance()
+    loss_fn = method.loss(mining_epochs=1)
+    batch = {k: v[:32] for k, v in train.items()}
+    _, metrics = loss_fn(model, batch, StepInfo("dmrnet", 0, 0, seed=1))
+    assert "hard_fraction" not in metrics and int(model.head.hard_combination) == -1
+    expected = int(model.head.mean_variance().nan_to_num(-1.0).argmax())
+    _, metrics = loss_fn(model, batch, StepInfo("dmrnet", 1, 5, seed=2))
+    assert "hard_fraction" in metrics and int(model.head.hard_combination) == expected
 
 
 @pytest.mark.parametrize("name", ["udml", "dmrnet", "mmanet"])
