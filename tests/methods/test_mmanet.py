@@ -162,3 +162,27 @@ def _rows_within(rows, pool) -> bool:
 
 def _any_row_within(rows, pool) -> bool:
     return bool((torch.cdist(rows, pool, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values < 1e-6).any())
+
+
+@pytest.mark.parametrize("from_teacher", [True, False])
+def test_student_starts_from_the_trained_teacher(tiny_data, tiny_cfg, monkeypatch,
+                                                 from_teacher):
+    # The student's first step sees the teacher's trained weights (not the shared random
+    # init), so the warm-up mining reads a trained network; False keeps the paper's scratch
+    # start.
+    train, val = tiny_data
+    seen = {}
+    real_student = mmanet.MMANet.train_student
+
+    def spy(self, model, teacher, tr, va, mining, ctx):
+        seen["student"] = {k: v.clone() for k, v in model.state_dict().items()}
+        seen["teacher"] = {k: v.clone() for k, v in teacher.state_dict().items()}
+        return real_student(self, model, teacher, tr, va, mining, ctx)
+
+    monkeypatch.setattr(mmanet.MMANet, "train_student", spy)
+    fit_method("mmanet", train, val, tiny_cfg, None, teacher_epochs=1, warmup_epochs=1,
+               main_epochs=1, student_from_teacher=from_teacher)
+    student, teacher = seen["student"], seen["teacher"]
+    same = all(torch.equal(student[k], teacher[k]) for k in teacher)
+    # False: the student is still the shared random init, so the teacher differs: it trained.
+    assert same is from_teacher
