@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
+
+from mmfast._io import write_text_atomic
 
 #: GPU backends ``auto`` chooses between; the eager reference is always the last resort.
 GPU_BACKENDS = ("cuda", "triton")
@@ -93,16 +93,6 @@ def auto_order(data: dict) -> dict:
             "source": data.get("datetime", "unknown")}
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write through a temp file + rename, so a failed run never leaves half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json_file", help="pytest-benchmark JSON output")
@@ -118,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         if not table["orders"]:
             raise SystemExit(f"{args.json_file} has no GPU case where both cuda and triton ran: "
                              f"nothing written to {args.auto_order}")
-        write_json_atomic(args.auto_order, table)
+        # temp file + rename: a failed run never leaves half a table for dispatch to load
+        write_text_atomic(args.auto_order, json.dumps(table, indent=2, sort_keys=True) + "\n")
         print(f"\nauto order written to {args.auto_order}: {table['orders']}")
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from mmfast import backends_summary, ops
+from mmfast._io import write_text_atomic
 from mmfast.ops._dispatch import unavailable_reason
 
 BACKEND_ORDER = ("reference", "cpp", "cuda", "triton")
@@ -101,8 +102,7 @@ def _main(args: argparse.Namespace) -> int:
     rows = run(device, args.scale, args.repeats)
     print(format_table(rows))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+        write_text_atomic(args.json, json.dumps(rows, indent=2))
     return 0
 
 

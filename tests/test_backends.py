@@ -21,3 +21,18 @@ def test_cpp_backend_is_built():
         return
     status = mmfast.backends()["cpp"]
     assert status.available and status.reason == "all ops", status.reason
+
+
+def test_bench_cli_writes_its_rows_as_json(tmp_path, capsys):
+    """`mmfast bench --json` (the quick check) writes every timed row, atomically."""
+    import json
+
+    from mmfast.cli import main
+
+    out = tmp_path / "rows" / "bench.json"
+    assert main(["bench", "--device", "cpu", "--scale", "1", "--repeats", "1",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert {"masked_fusion", "subset_accuracy"} <= {r["op"] for r in rows}
+    assert not list(out.parent.glob(".*"))  # no temp file left behind
+    assert "masked_fusion" in capsys.readouterr().out
