@@ -116,9 +116,8 @@ def margin_regularizer(units: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 def certified_radius_loss(model: CRMTModel, units: Tensor, target: Tensor, mask: Tensor,
                           estimator: str, rival: str = "top") -> Tensor:
     """-mean certified radius for the current integration weights (step 2's objective)."""
-    a = model.head.integration
-    z = units * a.unsqueeze(0)
-    lip = pair_table(model.tau(estimator), a)
+    z = model.head.integrate(units)
+    lip = pair_table(model.tau(estimator), model.head.integration)
     radius, _, _ = ops.certified_margin(z, target, lip, mask, model.head.bias, 2.0, rival)
     return -radius.mean()
 
@@ -269,10 +268,8 @@ class CRMT(Method):
         units, label, mask = (val_table[k].to(device) for k in ("unit_logits", "label", "mask"))
 
         def select(module: nn.Module) -> tuple[tuple[float, float], dict[str, float]]:
-            a = model.head.integration
             with torch.no_grad():
-                fused, _ = ops.masked_fusion(units * a.unsqueeze(0), mask, normalize=False)
-                logits = fused + model.head.bias
+                logits, _ = model.head.fuse_units(units, mask)
                 acc = float((logits.argmax(dim=1) == label).float().mean())
                 radius = -float(certified_radius_loss(model, units, label, mask,
                                                       self.estimator, self.rival))

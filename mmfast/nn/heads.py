@@ -109,9 +109,19 @@ class NormalizedLateHead(nn.Module):
         return torch.stack([f @ self.normalized_weight(m).t() for m, f in enumerate(features)],
                            dim=1)
 
+    def integrate(self, units: Tensor) -> Tensor:
+        """(B, M, C) per-modality logits a_k^(m) z_k^(m) from the unit logits."""
+        return units * self.integration.unsqueeze(0).to(units.dtype)
+
+    def fuse_units(self, units: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(fused logits (B, C), integrated logits (B, M, C)) of precomputed unit logits: the
+        masked sum plus the bias (CRMT's step 2 re-fuses cached unit logits with it)."""
+        z = self.integrate(units)
+        fused, _ = ops.masked_fusion(z, mask, normalize=False)
+        return fused + self.bias, z
+
     def forward(self, features: Sequence[Tensor], mask: Tensor) -> HeadOutput:
         _check_features(features, mask, len(self.weights))
         units = self.unit_logits(features)
-        z = units * self.integration.unsqueeze(0).to(units.dtype)
-        fused, _ = ops.masked_fusion(z, mask, normalize=False)
-        return fused + self.bias, z, {"unit_logits": units}
+        logits, z = self.fuse_units(units, mask)
+        return logits, z, {"unit_logits": units}
