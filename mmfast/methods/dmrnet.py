@@ -79,7 +79,6 @@ from mmfast.methods.common import (
     GaussianEmbedding,
     gaussian_kl,
     masked_concat,
-    reparameterize,
     sample_uniform_subsets,
     subset_ids,
     subset_label,
@@ -88,15 +87,6 @@ from mmfast.train.batches import Batch, inputs_of
 from mmfast.train.engine import Stage, StepInfo, TrainContext, run_stage
 
 __all__ = ["DMRNet", "PMEHead", "hard_combination_loss"]
-
-
-def _batch_norm(norm: nn.BatchNorm1d, x: Tensor) -> Tensor:
-    """``norm(x)``; a one-sample training batch (a short last batch) uses the running
-    statistics and leaves them unchanged, since its own variance is undefined."""
-    if norm.training and x.shape[0] < 2:
-        return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias,
-                            False, 0.0, norm.eps)
-    return norm(x)
 
 
 class PMEHead(nn.Module):
@@ -108,11 +98,9 @@ class PMEHead(nn.Module):
     def __init__(self, feature_dims: Sequence[int], num_classes: int, embed_dim: int):
         super().__init__()
         self.num_modalities = len(feature_dims)
-        # Only the two linear maps of the GaussianEmbedding are used: the BatchNorms go between
-        # them and the sampling (mu = BN(W_mu c), log sigma^2 = BN(W_v c)), as in the spec.
-        self.pme = GaussianEmbedding(sum(int(d) for d in feature_dims), embed_dim)
-        self.mu_norm = nn.BatchNorm1d(embed_dim)
-        self.logvar_norm = nn.BatchNorm1d(embed_dim)
+        # mu = BN(W_mu c), log sigma^2 = BN(W_v c), as in the spec.
+        self.pme = GaussianEmbedding(sum(int(d) for d in feature_dims), embed_dim,
+                                     batch_norm=True)
         self.fc = nn.Linear(embed_dim, num_classes)
         subsets = 2 ** self.num_modalities - 1
         self.register_buffer("variance_sum", torch.zeros(subsets, dtype=torch.float64))
@@ -126,10 +114,7 @@ class PMEHead(nn.Module):
             raise ValueError(f"PMEHead expects {self.num_modalities} features and a (B, "
                              f"{self.num_modalities}) mask, got {len(features)} and "
                              f"{tuple(mask.shape)}")
-        c = masked_concat(features, mask)
-        mu = _batch_norm(self.mu_norm, self.pme.mu(c))
-        logvar = _batch_norm(self.logvar_norm, self.pme.logvar(c))
-        s = reparameterize(mu, logvar, self.training)
+        s, mu, logvar = self.pme(masked_concat(features, mask))
         return self.fc(s), None, {"mu": mu, "logvar": logvar, "embedding": s}
 
     def reset_variance(self) -> None:

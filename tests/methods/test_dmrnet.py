@@ -144,12 +144,12 @@ def test_pme_batch_norm_puts_mu_on_the_noise_scale(tiny_data, tiny_cfg):
                                rtol=0)
     torch.testing.assert_close(logvar.mean(0), torch.zeros_like(mu[0]), atol=1e-4, rtol=0)
     assert float(mu.std(0).mean()) > 0.5 * float(torch.exp(0.5 * logvar).mean())
-    assert float(head.mu_norm.running_var.mean()) != 1.0  # statistics were updated
+    assert float(head.pme.mu_norm.running_var.mean()) != 1.0  # statistics were updated
     # A one-sample training batch (short last batch) uses the running statistics, unchanged.
-    running = head.mu_norm.running_mean.clone()
+    running = head.pme.mu_norm.running_mean.clone()
     with torch.no_grad():
         single = model({m: v[:1] for m, v in batch.items()}, mask[:1])
-    torch.testing.assert_close(head.mu_norm.running_mean, running, rtol=0, atol=0)
+    torch.testing.assert_close(head.pme.mu_norm.running_mean, running, rtol=0, atol=0)
     model.eval()
     with torch.no_grad():
         alone = model({m: v[:1] for m, v in batch.items()}, mask[:1])
