@@ -11,10 +11,23 @@ from pathlib import Path
 import torch
 
 from mmfast.data.arrays import is_array_ref, row_shape
+from mmfast.data.integrity import TRUNCATED, truncation
 from mmfast.data.manifest import Manifest, epoch_order, read_manifest, shard
 from mmfast.data.probe import probe
 from mmfast.data.specs import DataSpec
 from mmfast.nn.model import MODALITIES
+
+#: What a loader does with a file cut short (``truncated=``): load it as absent (mask False,
+#: the default) or decode what it holds, padded as the decoders pad (audio with silence, video
+#: by repeating its last frame), with a warning. Either way it is listed in ``problems``.
+TRUNCATED_POLICIES = ("missing", "pad")
+PADDED_NOTE = "; loaded padded (truncated='pad')"
+
+
+def paddable(modality: str, reason: str) -> bool:
+    """Whether a file with this problem can be loaded padded: a truncated video or audio file
+    (its decoders pad); a cut image cannot be decoded at all."""
+    return reason.startswith(TRUNCATED) and modality != "image"
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -31,13 +44,18 @@ class LoaderBase:
     None when the modality is absent: left empty by the manifest, or listed but not decodable
     (the latter are in ``problems`` and reported once as a RuntimeWarning). A modality whose
     paths are ``.npy`` rows is in ``array_shapes`` (its per-sample shape) and is read, not
-    decoded.
+    decoded. Files cut short (:mod:`mmfast.data.integrity`) follow ``truncated``: "missing"
+    (default) or "pad" (:data:`TRUNCATED_POLICIES`); both are listed in ``problems``.
     """
 
     def __init__(self, data: str | os.PathLike | Manifest, split: str, batch_size: int, *,
                  modalities: Sequence[str], spec: DataSpec | None, shuffle: bool, seed: int,
                  drop_last: bool, rank: int | None, world_size: int | None,
-                 probe_device: str, check_files: bool) -> None:
+                 probe_device: str, check_files: bool, truncated: str = "missing") -> None:
+        if truncated not in TRUNCATED_POLICIES:
+            raise ValueError(f"truncated: expected one of {TRUNCATED_POLICIES}, "
+                             f"got {truncated!r}")
+        self.truncated = truncated
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         modalities = tuple(modalities)
@@ -78,14 +96,26 @@ class LoaderBase:
                 if path is None or (modality not in self.array_shapes and not check_files):
                     continue
                 reason = self._check(modality, path, probe_device)
-                if reason is not None:
+                if reason is None:
+                    continue
+                if self.truncated == "pad" and paddable(modality, reason):
+                    self.problems[modality].append((sample.id, reason + PADDED_NOTE))
+                else:
                     self.problems[modality].append((sample.id, reason))
                     self.paths[row][m] = None
         self._warn_problems()
 
     def _check(self, modality: str, path: Path, probe_device: str) -> str | None:
         if modality not in self.array_shapes:
-            return probe(modality, path, probe_device)
+            reason = probe(modality, path, probe_device)
+            if reason is not None:
+                if modality == "image" and "truncated" in reason.lower():
+                    return f"{TRUNCATED} image, never padded ({reason})"
+                return reason
+            try:
+                return truncation(modality, path)
+            except Exception as exc:  # the demuxer failed past the first frame
+                return f"unreadable ({type(exc).__name__}: {exc})"
         try:
             shape = row_shape(path)
         except Exception as exc:
@@ -105,9 +135,19 @@ class LoaderBase:
         self._warned = True
         parts = [f"{m}: {len(p)} (e.g. {p[0][0]}: {p[0][1]})"
                  for m, p in self.problems.items() if p]
+        how = ("loaded as absent (mask=False), truncated ones padded" if self.truncated == "pad"
+               else "loaded as absent (mask=False)")
         warnings.warn(f"mmfast.data: split {self.split!r} of {self.manifest.root} has files that "
-                      f"cannot be decoded, loaded as absent (mask=False): {'; '.join(parts)}. "
+                      f"cannot be decoded or are cut short, {how}: {'; '.join(parts)}. "
                       f"See loader.problems for the full list.", RuntimeWarning, stacklevel=4)
+
+    def problem_summary(self, examples: int = 3) -> dict[str, dict]:
+        """{modality: {"count", "truncated", "examples": [{"id", "reason"}]}} of the files
+        listed in ``problems`` (what a run records in its JSON and a report shows)."""
+        return {m: {"count": len(found),
+                    "truncated": sum(1 for _, r in found if r.startswith(TRUNCATED)),
+                    "examples": [{"id": i, "reason": r} for i, r in found[:examples]]}
+                for m, found in self.problems.items() if found}
 
     def next_epoch_order(self) -> list[int]:
         """Rows of the split this rank reads in the next epoch (advances the epoch)."""

@@ -71,12 +71,25 @@ def describe(root: str) -> dict:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from mmfast.data.integrity import scan
+    from mmfast.data.manifest import read_manifest
+
     try:
         summary = describe(args.dir)
+        if not args.no_files:
+            summary["files"] = scan(read_manifest(args.dir), full=args.check,
+                                    progress=sys.stderr.isatty())
     except (FileNotFoundError, ValueError) as exc:
         print(f"mmfast data info: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))
+    problems = summary.get("files", {}).get("problems", {})
+    if problems:
+        counts = ", ".join(f"{m} {p['count']} ({p['truncated']} truncated)"
+                           for m, p in problems.items())
+        print(f"mmfast data info: files with problems: {counts}; the loaders load them as "
+              f"missing (see \"files\" above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -126,9 +139,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     adapt.add_argument("--out", required=True, help="folder for manifest.csv and info.json")
     adapt.set_defaults(func=_adapt)
 
-    info = sub.add_parser("info", help="print counts per split, label and modality",
-                          description="Summarize a dataset folder's manifest as JSON.")
+    info = sub.add_parser(
+        "info", help="print counts per split, label and modality; check the files",
+        description="Summarize a dataset folder's manifest as JSON and check that every file "
+                    "it lists exists and decodes (header, first frame, and a truncation check "
+                    "of the header against the file). Exits 1 when a file has a problem.")
     info.add_argument("dir", help="dataset folder (or manifest file)")
+    info.add_argument("--check", action="store_true",
+                      help="full pass: decode every frame and sample of every file and compare "
+                           "with what the file's header declares (slower)")
+    info.add_argument("--no-files", action="store_true",
+                      help="counts only, do not open the files")
     info.set_defaults(func=_info)
 
     check = sub.add_parser(

@@ -172,7 +172,9 @@ class MultiModalLoader(LoaderBase):
         device: torch device of the batches (default: the GPU decode device, else CPU).
         num_threads / prefetch: DALI worker threads and batches decoded ahead.
         check_files: probe every file once at construction (recommended: an undecodable file
-            would otherwise stop the pipeline).
+            would otherwise stop the pipeline, and a truncated one load unnoticed).
+        truncated: a file cut short is loaded as "missing" (default: mask False, listed in
+            ``problems``) or "pad" (decoded as far as it goes, padded, listed, warned).
     """
 
     def __init__(self, data: str | os.PathLike | Manifest, split: str, batch_size: int = 32, *,
@@ -180,12 +182,13 @@ class MultiModalLoader(LoaderBase):
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  rank: int | None = None, world_size: int | None = None,
                  decode_device: str = "auto", device: str | torch.device | None = None,
-                 num_threads: int = 2, prefetch: int = 2, check_files: bool = True) -> None:
+                 num_threads: int = 2, prefetch: int = 2, check_files: bool = True,
+                 truncated: str = "missing") -> None:
         self.decode_device = resolve_decode_device(decode_device)
         super().__init__(data, split, batch_size, modalities=modalities, spec=spec,
                          shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank,
                          world_size=world_size, probe_device=self.decode_device,
-                         check_files=check_files)
+                         check_files=check_files, truncated=truncated)
         self._device_id = torch.cuda.current_device() if self.decode_device == "gpu" else None
         if device is None:
             device = f"cuda:{self._device_id}" if self.decode_device == "gpu" else "cpu"
@@ -244,14 +247,19 @@ class MultiModalLoader(LoaderBase):
 def load_split(data: str | os.PathLike | Manifest, split: str, *,
                modalities: Sequence[str] = MODALITIES, spec: DataSpec | None = None,
                batch_size: int = 64, decode_device: str = "auto",
-               device: str | torch.device | None = None, num_threads: int = 2
+               device: str | torch.device | None = None, num_threads: int = 2,
+               truncated: str = "missing", problems: dict | None = None
                ) -> dict[str, Tensor]:
     """Decode a whole split once through the DALI loader into in-memory tensors (the keys of a
-    batch, rows in manifest order) that a trainer can then iterate quickly on small data."""
+    batch, rows in manifest order) that a trainer can then iterate quickly on small data.
+
+    ``problems``, when given, receives the loader's :meth:`~LoaderBase.problem_summary`."""
     loader = MultiModalLoader(data, split, batch_size, modalities=modalities, spec=spec,
                               shuffle=False, rank=0, world_size=1, decode_device=decode_device,
-                              device=device, num_threads=num_threads)
+                              device=device, num_threads=num_threads, truncated=truncated)
     batches = list(loader)
+    if problems is not None:
+        problems.update(loader.problem_summary())
     if not batches:
         return empty_batch(loader.modalities, loader.spec, loader.device)
     return collate(batches)

@@ -123,10 +123,12 @@ class ReferenceLoader(LoaderBase):
                  modalities: Sequence[str] = MODALITIES, spec: DataSpec | None = None,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  rank: int | None = None, world_size: int | None = None,
-                 device: str | torch.device = "cpu", check_files: bool = True) -> None:
+                 device: str | torch.device = "cpu", check_files: bool = True,
+                 truncated: str = "missing") -> None:
         super().__init__(data, split, batch_size, modalities=modalities, spec=spec,
                          shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank,
-                         world_size=world_size, probe_device="cpu", check_files=check_files)
+                         world_size=world_size, probe_device="cpu", check_files=check_files,
+                         truncated=truncated)
         self.device = torch.device(device)
 
     def _decode(self, row: int, m: int) -> np.ndarray | None:
@@ -169,11 +171,11 @@ class ReferenceLoader(LoaderBase):
 
 def reference_load_split(data: str | os.PathLike | Manifest, split: str, *,
                          modalities: Sequence[str] = MODALITIES, spec: DataSpec | None = None,
-                         batch_size: int = 64, device: str | torch.device = "cpu"
-                         ) -> dict[str, Tensor]:
+                         batch_size: int = 64, device: str | torch.device = "cpu",
+                         truncated: str = "missing") -> dict[str, Tensor]:
     """:func:`mmfast.data.loader.load_split` decoded by the reference loader."""
     loader = ReferenceLoader(data, split, batch_size, modalities=modalities, spec=spec,
-                             rank=0, world_size=1, device=device)
+                             rank=0, world_size=1, device=device, truncated=truncated)
     batches = list(loader)
     return collate(batches) if batches else empty_batch(loader.modalities, loader.spec,
                                                         loader.device)
