@@ -253,13 +253,14 @@ def load_split(data: str | os.PathLike | Manifest, split: str, *,
     """Decode a whole split once through the DALI loader into in-memory tensors (the keys of a
     batch, rows in manifest order) that a trainer can then iterate quickly on small data.
 
-    ``problems``, when given, receives the loader's :meth:`~LoaderBase.problem_summary`."""
+    ``problems`` (a dict), when given, receives ``loader.problems``: modality -> [(sample id,
+    reason)] for the files loaded as absent or padded (run folders record them)."""
     loader = MultiModalLoader(data, split, batch_size, modalities=modalities, spec=spec,
                               shuffle=False, rank=0, world_size=1, decode_device=decode_device,
                               device=device, num_threads=num_threads, truncated=truncated)
     batches = list(loader)
     if problems is not None:
-        problems.update(loader.problem_summary())
+        problems.update({m: list(p) for m, p in loader.problems.items()})
     if not batches:
         return empty_batch(loader.modalities, loader.spec, loader.device)
     return collate(batches)
