@@ -244,14 +244,19 @@ class MultiModalLoader(LoaderBase):
 def load_split(data: str | os.PathLike | Manifest, split: str, *,
                modalities: Sequence[str] = MODALITIES, spec: DataSpec | None = None,
                batch_size: int = 64, decode_device: str = "auto",
-               device: str | torch.device | None = None, num_threads: int = 2
-               ) -> dict[str, Tensor]:
+               device: str | torch.device | None = None, num_threads: int = 2,
+               problems: dict | None = None) -> dict[str, Tensor]:
     """Decode a whole split once through the DALI loader into in-memory tensors (the keys of a
-    batch, rows in manifest order) that a trainer can then iterate quickly on small data."""
+    batch, rows in manifest order) that a trainer can then iterate quickly on small data.
+
+    ``problems`` (a dict), when given, receives ``loader.problems``: modality -> [(sample id,
+    reason)] for the files loaded as absent (run folders record them)."""
     loader = MultiModalLoader(data, split, batch_size, modalities=modalities, spec=spec,
                               shuffle=False, rank=0, world_size=1, decode_device=decode_device,
                               device=device, num_threads=num_threads)
     batches = list(loader)
+    if problems is not None:
+        problems.update({m: list(p) for m, p in loader.problems.items()})
     if not batches:
         return empty_batch(loader.modalities, loader.spec, loader.device)
     return collate(batches)
