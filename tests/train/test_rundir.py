@@ -52,22 +52,26 @@ def test_rerun_keeps_the_record_and_other_config_is_an_error(tmp_path):
     assert prov["dataset"]["splits"] == {"train": 32, "val": 8}
     assert prov["seeds"] == [0] and prov["preset"] == "small"
 
-    again = _train(out, "--lr", "0.003", "--seed", "0")  # same config: nothing retrained
-    assert again.returncode == 0, again.stderr
-    assert (out / "train_stats.json").read_bytes() == stats_bytes
-
     other = _train(out, "--lr", "0.05", "--seed", "7")
     assert other.returncode != 0
     assert "config.lr: 0.003 (stored) vs 0.05 (now)" in other.stderr
     assert "config.seed: 0 (stored) vs 7 (now)" in other.stderr and "--force" in other.stderr
     assert (out / "train_stats.json").read_bytes() == stats_bytes
-
-    forced = _train(out, "--lr", "0.05", "--seed", "7", "--force")
-    assert forced.returncode == 0, forced.stderr
-    stats = json.loads((out / "train_stats.json").read_text())
-    assert stats["config"]["lr"] == 0.05 and stats["config"]["seed"] == 7
-    assert len(stats["train_time_parts_s"]) == 1
     assert not (out / LOCK_FILE).exists()
+
+
+def test_force_discards_the_other_run(tiny_data, tiny_cfg, tmp_path):
+    train, val = tiny_data
+    fit_method("late", train, val, tiny_cfg, tmp_path)
+    (tmp_path / "eval.json").write_text("{}")  # results of the discarded model go too
+    cfg = type(tiny_cfg)(**{**tiny_cfg.__dict__, "lr": 0.05, "seed": 7})
+    with pytest.raises(RunConfigError, match="config.lr"):
+        fit_method("late", train, val, cfg, tmp_path)
+    _, stats = fit_method("late", train, val, cfg, tmp_path, force=True)
+    stored = json.loads((tmp_path / "train_stats.json").read_text())
+    assert stored["config"]["lr"] == 0.05 and stored["config"]["seed"] == 7
+    assert len(stats["train_time_parts_s"]) == 1 and not (tmp_path / "eval.json").exists()
+    assert len(json.loads((tmp_path / "run.json").read_text())["parts"]) == 1
 
 
 def test_second_writer_stops_with_the_owner_named(tmp_path):
