@@ -28,6 +28,9 @@ def eval_config_from_args(args: argparse.Namespace, device: str) -> EvalConfig:
         raise ValueError(f"--eval-overrides: expected a JSON object, got {overrides!r}")
     cfg = EvalConfig.preset(args.eval_preset, device=device)
     values = {**cfg.to_dict(), **overrides}
+    if "clamp" not in overrides:  # eval and demo clamp attacks the same way
+        from mmfast.eval.adversarial import default_clamp
+        values["clamp"] = default_clamp()
     if args.protocols:
         values["protocols"] = list(args.protocols)
     return EvalConfig.from_dict(values)
