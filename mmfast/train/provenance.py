@@ -142,7 +142,8 @@ def describe_dataset(root: str | os.PathLike | None, splits: Mapping[str, Mappin
                    else max(labels, default=None))
     summary = problem_summary(problems)
     return {
-        "name": name or info.get("name") or (Path(root).name if root is not None else None),
+        "name": (name or info.get("name") or info.get("dataset")
+                 or (Path(root).name if root is not None else None)),
         "path": str(Path(root).resolve()) if root is not None else None,
         "splits": {k: int(v["label"].numel()) for k, v in splits.items() if "label" in v},
         "modalities": modalities,
