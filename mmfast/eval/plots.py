@@ -38,7 +38,8 @@ def method_colors(methods) -> dict[str, str]:
     palette = plt.rcParams["axes.prop_cycle"].by_key().get("color") or ["C0"]
     if len(palette) < len(methods):
         palette = [matplotlib.colors.to_hex(plt.get_cmap("tab20")(k % 20)) for k in range(20)]
-    return {m: palette[k % len(palette)] for k, m in enumerate(methods)}
+    return {m: matplotlib.colors.to_hex(palette[k % len(palette)])
+            for k, m in enumerate(methods)}
 
 
 def _style(i: int, color: str | None = None) -> dict:
