@@ -1,6 +1,7 @@
 """Atomic file writes, shared by data generation, checkpoints, metrics and reports: the file
 is written to a temporary file in the same folder, flushed to disk, then renamed over the
-target, so a reader (or a crash) never sees a half-written result."""
+target, so a reader (or a crash) never sees a half-written result. The file gets the mode a
+plain ``open(path, "w")`` would give it (0666 minus the user's umask), not mkstemp's 0600."""
 
 from __future__ import annotations
 
@@ -10,7 +11,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic"]
+__all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "default_file_mode"]
+
+
+def default_file_mode() -> int:
+    """0666 minus the process's umask: the mode ``open(path, "w")`` creates files with."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where it can be (setting it to read it, the only
+    portable way, briefly changes it for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
@@ -23,6 +44,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -22,10 +22,6 @@ from typing import Any
 __all__ = ["DemoPreset", "DEMO_PRESETS", "DEFAULT_METHODS", "resolve_methods", "run_demo",
            "register"]
 
-#: Valid input range of the avdigits pixel modalities (audio log-mel is not clamped, as in
-#: CRMT's rob_test.py): attacks clamp to it.
-PIXEL_CLAMP = {"video": (0.0, 1.0), "image": (0.0, 1.0)}
-
 #: The methods of the main job (issue 6); ``--methods all`` adds every registered method.
 DEFAULT_METHODS = ("joint", "late", "ume_mma", "crmt")
 
@@ -69,9 +65,10 @@ def resolve_methods(methods: Sequence[str]) -> list[str]:
 def run_demo(out: str | os.PathLike, preset: str = "small",
              methods: Sequence[str] = DEFAULT_METHODS, data_dir: str | os.PathLike | None = None,
              device: str = "auto", eval_cfg=None, train_overrides: dict | None = None,
-             log: Callable[[str], None] = print) -> Path:
-    """Run the whole job into ``out`` (data/, runs/<method>/, report.md + PNGs); returns
-    the report path."""
+             log: Callable[[str], None] = print, force: bool = False) -> Path:
+    """Run the whole job into ``out`` (data/, runs/<method>/, provenance.json, report.md +
+    PNGs); returns the report path. A run of ``out`` trained with another config is an error
+    unless ``force`` (see ``mmfast.train.fit_method``)."""
     from mmfast.eval.common import EvalConfig
     from mmfast.eval.protocols import evaluate_run
     from mmfast.eval.report import write_report
@@ -85,17 +82,20 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
     clock = _Clock(log)
     data_root = Path(data_dir) if data_dir is not None else out / "data"
     _ensure_data(data_root, spec, clock)
-    splits = _load_splits(data_root, clock)
+    splits, dataset = _load_splits(data_root, clock)
     train_cfg = TrainConfig.preset(spec.train_preset, device=device, progress=False,
                                    **{**spec.train, **(train_overrides or {})})
     eval_device = str(train_cfg.resolved_device())
     eval_cfg = eval_cfg or EvalConfig.preset(spec.eval_preset, device=eval_device)
     if eval_cfg.clamp is None:
-        eval_cfg = dataclasses.replace(eval_cfg, clamp=PIXEL_CLAMP)
+        from mmfast.eval.adversarial import default_clamp
+        eval_cfg = dataclasses.replace(eval_cfg, clamp=default_clamp())
     run_dirs = []
+    provenance = _write_provenance(out, preset, names, dataset, train_cfg, eval_cfg)
     for name in names:
         run_dir = out / "runs" / name
-        model, stats = fit_method(name, splits["train"], splits["val"], train_cfg, run_dir)
+        model, stats = fit_method(name, splits["train"], splits["val"], train_cfg, run_dir,
+                                  force=force, provenance=provenance)
         clock.step(f"trained {name} ({stats['num_parameters']:,} parameters, "
                    f"{stats['train_time_s']:.0f} s)")
         evaluate_run(run_dir, model, splits["test"], eval_cfg, method=name)
@@ -129,13 +129,36 @@ def _ensure_data(root: Path, spec: DemoPreset, clock: _Clock) -> None:
     clock.step(f"data: generated avdigits in {root}")
 
 
-def _load_splits(root: Path, clock: _Clock) -> dict:
-    from mmfast.data.loader import load_split
+def _load_splits(root: Path, clock: _Clock) -> tuple[dict, dict]:
+    """(splits, dataset description with the files loaded as absent: see
+    ``mmfast.train.provenance``)."""
+    from mmfast.train.provenance import load_splits
 
-    splits = {s: load_split(root, s) for s in ("train", "val", "test")}
+    splits, dataset = load_splits(root, ("train", "val", "test"))
     clock.step("data: decoded " + ", ".join(f"{s} {v['label'].numel()}"
                                             for s, v in splits.items()))
-    return splits
+    if dataset["problem_count"]:
+        clock.step(f"data: {dataset['problem_count']} file(s) could not be decoded and load as "
+                   "absent (listed in provenance.json and the report)")
+    return splits, dataset
+
+
+#: The demo folder's provenance file (the report reads it when given the demo folder).
+PROVENANCE_FILE = "provenance.json"
+
+
+def _write_provenance(out: Path, preset: str, methods: Sequence[str], dataset: dict,
+                      train_cfg, eval_cfg) -> dict:
+    """Write OUT/provenance.json (command, versions, device, date, dataset, seeds, preset,
+    configs) and return the part each run's train_stats.json repeats."""
+    from mmfast.eval.common import write_json_atomic
+    from mmfast.train.provenance import environment
+
+    run_facts = {"dataset": dataset, "preset": preset, "seeds": [train_cfg.seed]}
+    write_json_atomic(out / PROVENANCE_FILE, {
+        **environment(train_cfg.resolved_device()), **run_facts, "methods": list(methods),
+        "train_config": train_cfg.to_dict(), "eval_config": eval_cfg.to_dict()})
+    return run_facts
 
 
 def register(subparsers) -> None:
@@ -157,6 +180,9 @@ def register(subparsers) -> None:
     p.add_argument("--data", default=None, metavar="DIR",
                    help="existing or target dataset folder (default: OUT/data)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    p.add_argument("--force", action="store_true",
+                   help="retrain runs in OUT that were trained with a different config "
+                   "(without it that is an error)")
     add_eval_arguments(p)
     p.set_defaults(func=_run, eval_preset=None)
 
@@ -170,6 +196,6 @@ def _run(args: argparse.Namespace) -> int:
         args.eval_preset = preset.eval_preset
     device = str(TrainConfig(device=args.device).resolved_device())
     report = run_demo(args.out, args.preset, args.methods, args.data, args.device,
-                      eval_config_from_args(args, device))
+                      eval_config_from_args(args, device), force=args.force)
     print(f"report: {report}")
     return 0

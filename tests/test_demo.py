@@ -24,7 +24,7 @@ def test_demo_trains_evaluates_and_reports(tmp_path, monkeypatch):
     splits = {"train": synthetic_split(48, seed=0), "val": synthetic_split(16, seed=1),
               "test": synthetic_split(24, seed=2)}
     monkeypatch.setattr(demo, "_ensure_data", lambda root, spec, clock: None)
-    monkeypatch.setattr(demo, "_load_splits", lambda root, clock: splits)
+    monkeypatch.setattr(demo, "_load_splits", lambda root, clock: (splits, {"splits": {}}))
     lines: list[str] = []
     eval_cfg = EvalConfig(attack_eps=(0.0, 1.0), attack_samples=8, gaussian_sigmas=(0.0, 1.0),
                           salt_pepper_densities=(0.0, 0.2), missing_rates=(0.0, 1.0),

@@ -18,7 +18,31 @@ from mmfast.eval.common import (
     to_device,
 )
 
-__all__ = ["attack", "attack_subset", "attacked_batches"]
+__all__ = ["attack", "attack_subset", "attacked_batches", "PIXEL_CLAMP", "default_clamp",
+           "describe_clamp", "CLAMP_RULE"]
+
+#: Valid input range of the loaders' pixel modalities (``mmfast.data``: video and image in
+#: [0, 1]). Audio log-mel is not clamped, as in CRMT's rob_test.py. ``mmfast eval`` and
+#: ``mmfast demo`` both attack with this clamp unless ``--eval-overrides`` sets ``clamp``.
+PIXEL_CLAMP: dict[str, tuple[float, float]] = {"video": (0.0, 1.0), "image": (0.0, 1.0)}
+
+#: How ``clamp`` is applied (recorded with the attack results and printed by the report).
+CLAMP_RULE = ("after every attack step each modality with a valid range is clamped to it; "
+              "modalities without one are not clamped")
+
+
+def default_clamp() -> dict[str, tuple[float, float]]:
+    """The clamp ``mmfast eval`` and ``mmfast demo`` use when none is given."""
+    return dict(PIXEL_CLAMP)
+
+
+def describe_clamp(clamp: Mapping[str, object] | None, modalities=()) -> str:
+    """"video [0, 1], image [0, 1]; audio not clamped" (or "no clamping")."""
+    if not clamp:
+        return "no clamping (attacks may leave the valid input range)"
+    parts = [f"{m} [{lo:g}, {hi:g}]" for m, (lo, hi) in clamp.items()]
+    free = [m for m in modalities if m not in clamp]
+    return ", ".join(parts) + (f"; {', '.join(free)} not clamped" if free else "")
 
 
 def attack_subset(n: int, cfg: EvalConfig) -> Tensor:
@@ -69,6 +93,7 @@ def attack(model: nn.Module, data: Mapping[str, Tensor], cfg: EvalConfig) -> dic
     result = {"eps": list(cfg.attack_eps), "num_samples": int(label.numel()),
               "clean_accuracy": clean, "budgets": budgets,
               "norm": "l2 in input space; joint = over all modalities together",
+              "clamp": cfg.clamp, "clamp_rule": CLAMP_RULE,
               "pgd": {"steps": cfg.attack_steps, "step_size": "eps / 3"}}
     for kind in ("fgm", "pgd"):
         result[kind] = {**result.get(kind, {}), "accuracy": {

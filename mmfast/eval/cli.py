@@ -28,6 +28,9 @@ def eval_config_from_args(args: argparse.Namespace, device: str) -> EvalConfig:
         raise ValueError(f"--eval-overrides: expected a JSON object, got {overrides!r}")
     cfg = EvalConfig.preset(args.eval_preset, device=device)
     values = {**cfg.to_dict(), **overrides}
+    if "clamp" not in overrides:  # eval and demo clamp attacks the same way
+        from mmfast.eval.adversarial import default_clamp
+        values["clamp"] = default_clamp()
     if args.protocols:
         values["protocols"] = list(args.protocols)
     return EvalConfig.from_dict(values)
@@ -52,16 +55,18 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mmfast.data.loader import load_split
     from mmfast.train import load_model
+    from mmfast.train.provenance import environment, load_splits
 
     cfg = eval_config_from_args(args, args.device)
-    data = load_split(args.data, args.split)
+    splits, dataset = load_splits(args.data, [args.split])  # + files loaded as absent
+    data = splits[args.split]
+    facts = {"dataset": dataset, "provenance": environment(args.device)}
     for run in args.runs:
         model = load_model(run, device=args.device)
         meta_method = _method_of(run)
         print(f"[eval] {run} ({meta_method})")
-        path = evaluate_run(run, model, data, cfg, method=meta_method, log=print)
+        path = evaluate_run(run, model, data, cfg, method=meta_method, log=print, extra=facts)
         print(f"[eval] wrote {path}")
     return 0
 

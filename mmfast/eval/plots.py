@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from mmfast.eval.common import protocol_results, write_bytes_atomic  # noqa: E402
 
-__all__ = ["plot_subsets", "plot_missing_rate", "plot_noise", "plot_attack", "plot_certify"]
+__all__ = ["plot_subsets", "plot_missing_rate", "plot_noise", "plot_attack", "plot_certify",
+           "method_colors"]
 
 Results = Mapping[str, Mapping]
 
@@ -31,8 +32,19 @@ def _save(fig, path: Path) -> Path:
     return write_bytes_atomic(path, buffer.getvalue())
 
 
-def _style(i: int) -> dict:
-    return {"marker": _MARKERS[i % len(_MARKERS)], "linewidth": 1.6, "markersize": 5}
+def method_colors(methods) -> dict[str, str]:
+    """One colour per method, from the order of all the report's methods, so a method has
+    the same colour in every plot (whichever protocols each method ran)."""
+    palette = plt.rcParams["axes.prop_cycle"].by_key().get("color") or ["C0"]
+    if len(palette) < len(methods):
+        palette = [matplotlib.colors.to_hex(plt.get_cmap("tab20")(k % 20)) for k in range(20)]
+    return {m: matplotlib.colors.to_hex(palette[k % len(palette)])
+            for k, m in enumerate(methods)}
+
+
+def _style(i: int, color: str | None = None) -> dict:
+    style = {"marker": _MARKERS[i % len(_MARKERS)], "linewidth": 1.6, "markersize": 5}
+    return style if color is None else {**style, "color": color}
 
 
 def _grid(n: int, title: str, width: float = 3.6):
@@ -57,10 +69,11 @@ def plot_subsets(results: Results, path: Path) -> Path | None:
         return None
     subsets = next(iter(data.values()))["subsets"]
     width = 0.8 / len(data)
+    colors = method_colors(list(results))
     fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(subsets)), 3.8))
     for i, (method, r) in enumerate(data.items()):
         xs = [k + (i - (len(data) - 1) / 2) * width for k in range(len(subsets))]
-        ax.bar(xs, r["accuracy"], width=width, label=method)
+        ax.bar(xs, r["accuracy"], width=width, label=method, color=colors[method])
     ax.set_xticks(range(len(subsets)))
     ax.set_xticklabels(subsets, rotation=20, ha="right")
     ax.set_ylim(0, 1.02)
@@ -72,13 +85,14 @@ def plot_subsets(results: Results, path: Path) -> Path | None:
 
 
 def _curves(data: Mapping[str, Mapping], x_key: str, targets: list[str], title: str,
-            xlabel: str, path: Path, pick=lambda r: r["accuracy"]) -> Path:
+            xlabel: str, path: Path, pick=lambda r: r["accuracy"], methods=None) -> Path:
     fig, axes = _grid(len(targets), title)
+    colors = method_colors(list(methods or data))
     for ax, target in zip(axes, targets):
         for i, (method, r) in enumerate(data.items()):
             ys = pick(r).get(target)
             if ys is not None:
-                ax.plot(r[x_key], ys, label=method, **_style(i))
+                ax.plot(r[x_key], ys, label=method, **_style(i, colors[method]))
         ax.set_title(target)
         ax.set_xlabel(xlabel)
     _finish(fig, axes)
@@ -92,7 +106,7 @@ def plot_missing_rate(results: Results, path: Path) -> Path | None:
         return None
     targets = list(next(iter(data.values()))["accuracy"])
     return _curves(data, "rates", targets, "Accuracy vs missing rate (one modality dropped)",
-                   "fraction of samples missing it", path)
+                   "fraction of samples missing it", path, methods=results)
 
 
 def plot_noise(results: Results, path: Path, kind: str) -> Path | None:
@@ -105,7 +119,7 @@ def plot_noise(results: Results, path: Path, kind: str) -> Path | None:
     title = "Gaussian noise" if kind == "gaussian" else "Salt-and-pepper noise"
     targets = list(next(iter(data.values()))["accuracy"])
     return _curves(data, x_key, targets, f"Accuracy vs {title} (panel: corrupted modality)",
-                   xlabel, path)
+                   xlabel, path, methods=results)
 
 
 def plot_attack(results: Results, path: Path, kind: str) -> Path | None:
@@ -116,7 +130,7 @@ def plot_attack(results: Results, path: Path, kind: str) -> Path | None:
     targets = next(iter(data.values()))["budgets"]
     name = "FGM" if kind == "fgm" else "PGD-l2"
     return _curves(data, "eps", targets, f"Accuracy vs {name} budget eps (panel: attacked)",
-                   "l2 budget eps", path, pick=lambda r: r[kind]["accuracy"])
+                   "l2 budget eps", path, pick=lambda r: r[kind]["accuracy"], methods=results)
 
 
 def plot_certify(results: Results, path: Path) -> Path | None:
@@ -125,13 +139,12 @@ def plot_certify(results: Results, path: Path) -> Path | None:
     if not data:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    i = 0
+    colors = method_colors(list(results))  # the method's colour; marker: its estimator
     for method, r in data.items():
-        for name, est in r["estimators"].items():
+        for j, (name, est) in enumerate(r["estimators"].items()):
             style = "-" if est["kind"] == "sound" else "--"
             ax.plot(r["radii"], est["min"]["certified_accuracy"], style,
-                    label=f"{method} [{name}, {est['kind']}]", **_style(i))
-            i += 1
+                    label=f"{method} [{name}, {est['kind']}]", **_style(j, colors[method]))
     positive = [r for res in data.values() for r in res["radii"] if r > 0]
     if positive:  # radii span decades (sound bounds are small): linear near 0, log beyond
         ax.set_xscale("symlog", linthresh=min(positive))

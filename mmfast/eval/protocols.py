@@ -69,9 +69,13 @@ EVAL_FILE = "eval.json"
 def evaluate_run(
     run_dir: str | os.PathLike, model: nn.Module, data: Mapping[str, Tensor],
     cfg: EvalConfig | None = None, method: str | None = None, log=None,
+    extra: Mapping | None = None,
 ) -> Path:
-    """``run_protocols`` and write the results to ``run_dir/eval.json`` atomically."""
+    """``run_protocols`` and write the results to ``run_dir/eval.json`` atomically;
+    ``extra`` adds facts (e.g. "dataset", "provenance": ``mmfast.train.provenance``)."""
     result = run_protocols(model, data, cfg, log=log)
     if method is not None:
         result = {"method": method, **result}
+    if extra:
+        result = {**result, **to_jsonable(dict(extra))}
     return write_json_atomic(Path(run_dir) / EVAL_FILE, result)

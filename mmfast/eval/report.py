@@ -15,6 +15,12 @@ from pathlib import Path
 from mmfast.eval import plots
 from mmfast.eval.claims import check_claims
 from mmfast.eval.common import protocol_results, write_text_atomic
+from mmfast.eval.report_facts import (
+    data_problems_section,
+    expand_run_dirs,
+    meaning_section,
+    provenance_section,
+)
 
 __all__ = ["write_report", "load_run"]
 
@@ -37,6 +43,9 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     if not run_dirs:
         raise ValueError("run_dirs: expected at least one run folder, got none")
     out = Path(out_dir)
+    run_dirs = expand_run_dirs(run_dirs, out)  # demo folders stand for their runs
+    if not run_dirs:
+        raise ValueError("run_dirs: no run folder among the given paths (only reports)")
     results: dict[str, dict] = {}
     stats: dict[str, dict] = {}
     for run_dir in run_dirs:
@@ -48,12 +57,15 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     figures = _figures(results, out)
     lines = ["# mmfast robustness report", ""]
     lines += _overview(results, stats)
+    lines += meaning_section(results, stats)
+    lines += data_problems_section(results, stats)
     lines += _claims(results)
     lines += _subsets_section(results, figures)
     lines += _missing_rate_section(results, figures)
     lines += _noise_section(results, figures)
     lines += _attack_section(results, figures)
     lines += _certify_section(results, figures)
+    lines += provenance_section(stats, results, run_dirs)
     return write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 

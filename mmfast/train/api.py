@@ -4,16 +4,23 @@ A run directory holds:
   model.pt          the fitted model: state dict + JSON metadata (method, hyper-parameters,
                     model spec), loadable with ``torch.load(weights_only=True)``;
   metrics.jsonl     one JSON line per epoch of every stage;
-  train_stats.json  method, train_time_s, peak_memory_bytes (+ its kind), num_parameters,
-                    epochs, config, and method-specific facts (e.g. CRMT's estimators);
+  train_stats.json  method, train_time_s (summed over every part of a resumed run),
+                    peak_memory_bytes (+ its kind: of this training, see ``memory``),
+                    num_parameters, epochs, config, provenance (command, versions, device,
+                    date, dataset) and method-specific facts (e.g. CRMT's estimators);
+                    written once when the run finishes and never rewritten by a re-run;
+  run.json          the run's identity (method, config, hyper-parameters, data sizes) and one
+                    entry per training part (``rundir``);
   checkpoints/      one resumable checkpoint per stage.
+
+While a process trains into the folder it holds ``.mmfast.lock`` (``rundir.run_lock``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import resource
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,19 +34,14 @@ from mmfast.train import distributed
 from mmfast.train.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from mmfast.train.config import TrainConfig
 from mmfast.train.engine import TrainContext
+from mmfast.train.memory import PeakMemory
 from mmfast.train.metrics import JsonlLogger
+from mmfast.train.provenance import environment
+from mmfast.train.rundir import RunRecord, open_record, run_lock
 
 __all__ = ["fit_method", "load_model", "MODEL_FILE", "STATS_FILE", "METRICS_FILE"]
 
 MODEL_FILE, STATS_FILE, METRICS_FILE = "model.pt", "train_stats.json", "metrics.jsonl"
-
-
-def _peak_memory(device: torch.device) -> tuple[int, str]:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # ru_maxrss is KiB on Linux, bytes on macOS; it is the process's peak so far.
-    return int(rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"
 
 
 def _seed_everything(seed: int) -> None:
@@ -49,56 +51,118 @@ def _seed_everything(seed: int) -> None:
 
 
 def fit_method(name: str, train: Mapping[str, Tensor], val: Mapping[str, Tensor] | None,
-               cfg: TrainConfig, run_dir: str | os.PathLike | None,
+               cfg: TrainConfig, run_dir: str | os.PathLike | None, *, force: bool = False,
+               provenance: Mapping[str, Any] | None = None,
                **overrides: Any) -> tuple[MultiModalModel, dict[str, Any]]:
     """Build and train method ``name`` (``mmfast.methods.create_method(name, **overrides)``).
 
     Seeded from ``cfg.seed`` (same seed, same data -> same metrics). Under ``torchrun``
     every rank trains on its shard; only rank 0 writes files. Returns (model, stats).
+
+    With ``run_dir``: the folder is locked while training; a finished run with the same
+    config is loaded, not retrained, and its record is returned unchanged; an unfinished one
+    resumes; a different config raises ``rundir.RunConfigError`` unless ``force`` (start
+    over). ``provenance`` adds facts to the record (e.g. "dataset", "preset", "seeds").
     """
-    from mmfast.methods import ModelSpec, create_method
+    from mmfast.methods import create_method
 
     method = create_method(name, **overrides)
     ctx_dist = distributed.setup(cfg.resolved_device())
-    device = ctx_dist.device
     run_path = Path(run_dir) if run_dir is not None else None
+    writes = run_path is not None and ctx_dist.is_main
+    lock = run_lock(run_path) if writes else contextlib.nullcontext()
+    with lock:
+        record = None
+        if writes:
+            identity = {"method": name, "config": cfg.to_dict(), "hparams": method.hparams(),
+                        "data": {"train": _rows(train), "val": _rows(val)}}
+            record = open_record(run_path, identity, force=force, resume=cfg.resume)
+        if run_path is not None and _finished(run_path) and (record is None or record.resumed):
+            ctx_dist.barrier()
+            stats = json.loads((run_path / STATS_FILE).read_text())
+            return load_model(run_path, ctx_dist.device), stats
+        return _fit(name, method, train, val, cfg, run_path, ctx_dist, record,
+                    dict(provenance or {}))
+
+
+def _rows(data: Mapping[str, Tensor] | None) -> int:
+    return int(data["label"].shape[0]) if data is not None and "label" in data else 0
+
+
+def _finished(run_path: Path) -> bool:
+    return (run_path / STATS_FILE).is_file() and (run_path / MODEL_FILE).is_file()
+
+
+def _fit(name, method, train, val, cfg: TrainConfig, run_path: Path | None, ctx_dist,
+         record: RunRecord | None, provenance: dict[str, Any]
+         ) -> tuple[MultiModalModel, dict[str, Any]]:
+    from mmfast.methods import ModelSpec
+
+    device = ctx_dist.device
     logger = JsonlLogger(run_path / METRICS_FILE if run_path else None, ctx_dist.is_main)
     ctx = TrainContext(cfg, ctx_dist, run_path, logger)
     spec = ModelSpec.from_data(train, cfg.widths, cfg.feature_dim, stem_stride=cfg.stem_stride,
                                temporal=cfg.temporal)
     _seed_everything(cfg.seed)
     model = method.build_model(spec).to(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    env = environment(device)
+    memory = PeakMemory(device)
+    memory.start()
     threads_before = torch.get_num_threads()
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
+    load_before = _load_average()
     started = time.perf_counter()
     try:
         result = method.fit(model, train, val, ctx)
+    except BaseException as exc:  # Ctrl-C, errors: the part's time still counts on resume
+        if record is not None:
+            record.add_part({"train_time_s": time.perf_counter() - started, "completed": False,
+                             "stopped_by": type(exc).__name__, **memory.stop(),
+                             "provenance": env})
+        raise
     finally:
         torch.set_num_threads(threads_before)
     elapsed = time.perf_counter() - started
-    peak, peak_kind = _peak_memory(device)
+    part = {"train_time_s": elapsed, "completed": True, **memory.stop(),
+            "load_average": {"start": load_before, "end": _load_average()},
+            "provenance": env}
+    parts = [*(record.parts if record is not None else []), part]
+    peak = max(parts, key=lambda p: p.get("peak_memory_bytes") or 0)
     stats = {
         "method": name,
-        "train_time_s": elapsed,
-        "peak_memory_bytes": peak,
-        "peak_memory_kind": peak_kind,
+        "train_time_s": sum(p.get("train_time_s", 0.0) for p in parts),
+        "train_time_parts_s": [p.get("train_time_s", 0.0) for p in parts],
+        "train_time_note": "wall-clock seconds of method.fit summed over the run's parts; "
+                           "depends on the machine's load (see load_average)",
+        "load_average": part["load_average"],
+        "peak_memory_bytes": peak.get("peak_memory_bytes"),
+        "peak_memory_kind": peak.get("peak_memory_kind"),
+        "baseline_memory_bytes": peak.get("baseline_memory_bytes"),
         "num_parameters": sum(p.numel() for p in result.model.parameters()),
         "epochs": _epochs_per_stage(result.history),
         "world_size": ctx_dist.world_size,
         "device": str(device),
         "config": cfg.to_dict(),
         "hparams": method.hparams(),
+        "provenance": {**env, **provenance},
         "final": result.history[-1] if result.history else {},
         **result.info,
     }
     if run_path is not None and ctx_dist.is_main:
         save_model(run_path, result.model, name, method.hparams(), spec)
+        if record is not None:
+            record.add_part(part)
         atomic_write_json(run_path / STATS_FILE, stats)
     ctx_dist.barrier()
     return result.model, stats
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _epochs_per_stage(history: list[dict[str, Any]]) -> dict[str, int]:

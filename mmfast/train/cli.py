@@ -45,6 +45,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="disable tqdm bars")
     p.add_argument("--no-resume", action="store_true",
                    help="ignore existing checkpoints in --out and start over")
+    p.add_argument("--force", action="store_true",
+                   help="discard a run in --out trained with a different config and train anew "
+                   "(without it, a config that differs from the folder's run is an error)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method hyper-parameter override (Python literal), repeatable")
     p.set_defaults(func=run)
@@ -81,24 +84,30 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _load_data(args: argparse.Namespace):
+    """(train, val, dataset description for the run's provenance)."""
+    from mmfast.train import provenance
+
     if args.synthetic is not None:
         from mmfast.train.synthetic import synthetic_split
 
         n = args.synthetic
-        return synthetic_split(n, seed=1), synthetic_split(max(n // 4, 1), seed=2)
-    from mmfast.data.loader import load_split
-
-    train = load_split(args.data, args.train_split, device="cpu")
-    val = load_split(args.data, args.val_split, device="cpu") if args.val_split else None
-    return train, val
+        train, val = synthetic_split(n, seed=1), synthetic_split(max(n // 4, 1), seed=2)
+        return train, val, provenance.describe_synthetic({"train": train, "val": val},
+                                                         {"train": 1, "val": 2})
+    names = [args.train_split, *([args.val_split] if args.val_split else [])]
+    splits, dataset = provenance.load_splits(args.data, names, device="cpu")
+    return splits[args.train_split], splits.get(args.val_split), dataset
 
 
 def run(args: argparse.Namespace) -> int:
     from mmfast.train.api import fit_method
 
     cfg = config_from_args(args)
-    train, val = _load_data(args)
-    _, stats = fit_method(args.method, train, val, cfg, args.out, **parse_overrides(args.set))
+    train, val, dataset = _load_data(args)
+    _, stats = fit_method(args.method, train, val, cfg, args.out, force=args.force,
+                          provenance={"dataset": dataset, "preset": args.preset,
+                                      "seeds": [cfg.seed]},
+                          **parse_overrides(args.set))
     summary = {k: stats[k] for k in ("method", "train_time_s", "num_parameters", "final")}
     print(json.dumps(summary, indent=2, default=str))
     return 0
