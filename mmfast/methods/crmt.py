@@ -7,8 +7,9 @@ Step 1 (everything): cross entropy + rho * the uni-modal margin regulariser
     mean_i log( sum_m sum_{k != y} exp(z~_mk - z~_my) + 1e-5 ),
 computed in its numerically stable form as a log-sum-exp over (m, k != y) (the official code
 exponentiates raw logits and can overflow). CRMT-AT trains on CRMT-AT's box-projected PGD
-inputs (``mmfast.eval.attacks.pgd_l2``); CRMT-Mix on mixup pairs (the margin term is the
-convex combination of both labels' terms, the official code's raw-logit subtraction fixed).
+inputs (``mmfast.eval.attacks.pgd_l2``); CRMT-Mix on mixup pairs, with the official margin
+term (``mix_margin_regularizer``): both mixed labels are excluded from the rivals and the
+reference is lam z_y_a + (1 - lam) z_y_b, as in the official ``train_CRMT_mix``.
 Lipschitz estimation: both estimators of ``mmfast.methods.lipschitz`` (labelled).
 Step 2 (integration weights a only): maximise the mean certified radius of
 ``mmfast.ops.certified_margin`` (rival = fused runner-up, as the official code; the
@@ -47,7 +48,8 @@ from mmfast.nn.heads import NormalizedLateHead
 from mmfast.train.batches import Batch, batch_indices, dataset_size, inputs_of, take
 from mmfast.train.engine import Stage, StepInfo, TrainContext, autocast, run_stage
 
-__all__ = ["CRMT", "CRMTModel", "margin_regularizer", "certified_radius_loss"]
+__all__ = ["CRMT", "CRMTModel", "margin_regularizer", "mix_margin_regularizer",
+           "certified_radius_loss"]
 
 _LOG_EPS = math.log(1e-5)
 _STEP2_SELECTION = "val_acc, then val_mean_radius"
@@ -101,16 +103,46 @@ class CRMTModel(FusionModel):
         return self.tau_spectral
 
 
+def _log_rival_mass(diff: Tensor, excluded: Tensor, mask: Tensor) -> Tensor:
+    """(B,) log(sum_m p_m sum_{k not excluded} exp(diff_mk) + 1e-5) as one log-sum-exp.
+
+    ``diff`` (B, M, C), ``excluded`` (B, 1 or M, C) bool. The 1e-5 is a last column of the
+    log-sum-exp, so a row with nothing left (every modality absent) gets log 1e-5 and a zero,
+    finite gradient.
+    """
+    absent = ~mask.bool().unsqueeze(-1)
+    flat = diff.masked_fill(excluded | absent, -math.inf).flatten(1)
+    eps = torch.full((flat.shape[0], 1), _LOG_EPS, dtype=flat.dtype, device=flat.device)
+    return torch.logsumexp(torch.cat([flat, eps], dim=1), dim=1)
+
+
+def _label_logit(z: Tensor, label: Tensor) -> Tensor:
+    """(B, M, 1) z[b, m, label_b]."""
+    return z.gather(2, label.view(-1, 1, 1).expand(-1, z.shape[1], 1))
+
+
 def margin_regularizer(units: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """(B,) log(sum_m p_m sum_{k != y} exp(z_mk - z_my) + 1e-5), stably (log-sum-exp)."""
     z = units.float()
-    zy = z.gather(2, target.view(-1, 1, 1).expand(-1, z.shape[1], 1))
-    diff = z - zy
     own = F.one_hot(target, z.shape[2]).bool().unsqueeze(1)  # exclude k = y
-    absent = ~mask.bool().unsqueeze(-1)
-    diff = diff.masked_fill(own | absent, -math.inf).flatten(1)
-    lse = torch.logsumexp(diff, dim=1)
-    return torch.logaddexp(lse, torch.full_like(lse, _LOG_EPS))
+    return _log_rival_mass(z - _label_logit(z, target), own, mask)
+
+
+def mix_margin_regularizer(units: Tensor, label_a: Tensor, label_b: Tensor, lam: float,
+                           mask: Tensor) -> Tensor:
+    """(B,) CRMT-Mix's margin term for mixup pairs, stably:
+    log(sum_m p_m sum_{k not in {y_a, y_b}} exp(z_mk - lam z_m,y_a - (1 - lam) z_m,y_b) + 1e-5).
+
+    The official term (train.py, ``train_CRMT_mix``): both mixed labels are left out of the
+    rivals, and the reference is the lam-mixture of their logits. (The official code
+    subtracts the raw logits z_y_a, z_y_b from sum_k exp(z_k) where their exponentials are
+    meant; here they are excluded exactly.) With y_a = y_b it is ``margin_regularizer``.
+    """
+    z = units.float()
+    ref = lam * _label_logit(z, label_a) + (1.0 - lam) * _label_logit(z, label_b)
+    num = z.shape[2]
+    own = (F.one_hot(label_a, num) | F.one_hot(label_b, num)).bool().unsqueeze(1)
+    return _log_rival_mass(z - ref, own, mask)
 
 
 def certified_radius_loss(model: CRMTModel, units: Tensor, target: Tensor, mask: Tensor,
@@ -191,8 +223,7 @@ class CRMT(Method):
             units = out.aux["unit_logits"]
             ce = (lam * F.cross_entropy(out.logits.float(), label_a)
                   + (1 - lam) * F.cross_entropy(out.logits.float(), label_b))
-            reg = (lam * margin_regularizer(units, label_a, mask)
-                   + (1 - lam) * margin_regularizer(units, label_b, mask)).mean()
+            reg = mix_margin_regularizer(units, label_a, label_b, lam, mask).mean()
         else:
             if self.variant == "at":
                 inputs = self._adversarial(model, inputs, mask, label)

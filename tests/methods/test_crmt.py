@@ -8,6 +8,7 @@ from mmfast.methods.crmt import (
     CRMT,
     certified_radius_loss,
     margin_regularizer,
+    mix_margin_regularizer,
     unit_logit_table,
 )
 from mmfast.methods.lipschitz import (
@@ -70,6 +71,66 @@ def test_margin_regulariser_matches_the_formula_and_is_stable():
     mask[:, 1] = False  # an absent modality contributes nothing
     assert torch.allclose(margin_regularizer(z, y, mask),
                           margin_regularizer(z[:, [0, 2]], y, mask[:, [0, 2]]), atol=1e-6)
+
+
+def _mix_formula(z, ya, yb, lam, mask):
+    """The official CRMT-Mix term written out in float64, one row at a time."""
+    out = []
+    for b in range(z.shape[0]):
+        total = torch.zeros((), dtype=torch.float64)
+        for m in range(z.shape[1]):
+            if not mask[b, m]:
+                continue
+            ref = lam * z[b, m, ya[b]] + (1 - lam) * z[b, m, yb[b]]
+            for k in range(z.shape[2]):
+                if k not in (int(ya[b]), int(yb[b])):
+                    total = total + torch.exp(z[b, m, k] - ref)
+        out.append(torch.log(total + 1e-5))
+    return torch.stack(out)
+
+
+def test_mix_margin_matches_the_official_formula_values_and_gradients():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(7, 3, 5, generator=gen, dtype=torch.float64)
+    ya = torch.tensor([0, 1, 2, 3, 4, 0, 2])
+    yb = torch.tensor([1, 1, 0, 4, 2, 3, 2])  # rows 1 and 6: the same label twice
+    mask = torch.ones(7, 3, dtype=torch.bool)
+    mask[2, 1] = mask[5, 0] = False
+    lam = 0.3
+    z1 = z.clone().float().requires_grad_(True)
+    z2 = z.clone().requires_grad_(True)
+    got = mix_margin_regularizer(z1, ya, yb, lam, mask)
+    want = _mix_formula(z2, ya, yb, lam, mask)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    got.sum().backward()
+    want.sum().backward()
+    torch.testing.assert_close(z1.grad.double(), z2.grad, atol=1e-5, rtol=1e-5)
+    # Neither mixed label is a rival: its gradient pushes it up (never down, as the old
+    # lam reg(y_a) + (1 - lam) reg(y_b) did with the other label).
+    rows = torch.arange(7)
+    assert (z1.grad[rows, :, ya][mask] <= 0).all() and (z1.grad[rows, :, yb][mask] <= 0).all()
+    # With y_a = y_b it is the plain margin term; it stays finite where exp overflows.
+    same = mix_margin_regularizer(z.float(), ya, ya, lam, mask)
+    torch.testing.assert_close(same, margin_regularizer(z.float(), ya, mask))
+    assert torch.isfinite(mix_margin_regularizer(z.float() * 1e4, ya, yb, lam, mask)).all()
+
+
+def test_mix_step_uses_the_official_margin_term(tiny_data, tiny_cfg, monkeypatch):
+    from mmfast.methods import crmt as crmt_module
+    from mmfast.train.engine import StepInfo
+
+    method = create_method("crmt_mix")
+    model = method.build_model(ModelSpec.from_data(tiny_data[0], tiny_cfg.widths,
+                                                   tiny_cfg.feature_dim))
+    batch = {k: v[:16] for k, v in tiny_data[0].items()}
+    calls = []
+    real = crmt_module.mix_margin_regularizer
+    monkeypatch.setattr(crmt_module, "margin_regularizer",
+                        lambda *a: pytest.fail("the mix step must not use the JT term"))
+    monkeypatch.setattr(crmt_module, "mix_margin_regularizer",
+                        lambda *a: calls.append(a) or real(*a))
+    _, metrics = method.step1_loss(model, batch, StepInfo("s", 0, 0, 3))
+    assert len(calls) == 1 and math.isfinite(metrics["margin_reg"])
 
 
 def test_step2_changes_only_integration_weights_and_raises_the_bound(trained, tiny_data_module):
