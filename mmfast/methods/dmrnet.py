@@ -33,7 +33,9 @@ a few-epoch budget to see stable variances).
 The model has no per-modality logits (joint fusion), so the missing-modality protocol masks
 the inputs for every subset.
 
-Finding (avdigits, demo data, small preset: 15 epochs, seeds 0/1/2, one torch thread; "miss" =
+Finding (measured while all 7 combinations still competed for c*, before the uni-modal rule
+above; not re-measured since; avdigits, demo data, small preset: 15 epochs, seeds 0/1/2, one
+torch thread; "miss" =
 mean accuracy over the 6 subsets missing a modality, "full" = all three). DMRNet was below
 joint training, also with every modality, for two defects, not for its dropout budget:
 
