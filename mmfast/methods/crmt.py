@@ -13,7 +13,9 @@ reference is lam z_y_a + (1 - lam) z_y_b, as in the official ``train_CRMT_mix``.
 Lipschitz estimation: both estimators of ``mmfast.methods.lipschitz`` (labelled).
 Step 2 (integration weights a only): maximise the mean certified radius of
 ``mmfast.ops.certified_margin`` (rival = fused runner-up, as the official code; the
-Lipschitz table follows a, lip = |a_y| tau_y + |a_k| tau_k). With validation data it keeps
+Lipschitz table follows a: the paper's lip = |a_y| tau_y + |a_k| tau_k for the empirical
+estimate, the exact pair L(phi) ||a_y W~_y - a_k W~_k|| for the sound spectral bound, the
+same kind of bound the joint model is certified with). With validation data it keeps
 the best epoch on validation, as the official code (``CRMT.step2_selection``).
 """
 
@@ -43,6 +45,7 @@ from mmfast.methods.lipschitz import (
     empirical_class_lipschitz,
     encoder_lipschitz_bound,
     pair_table,
+    pairwise_spectral_table,
 )
 from mmfast.nn.heads import NormalizedLateHead
 from mmfast.train.batches import Batch, batch_indices, dataset_size, inputs_of, take
@@ -53,13 +56,18 @@ __all__ = ["CRMT", "CRMTModel", "margin_regularizer", "mix_margin_regularizer",
 
 _LOG_EPS = math.log(1e-5)
 _STEP2_SELECTION = "val_acc, then val_mean_radius"
+#: How each estimator's table pairs classes (``mmfast.methods.lipschitz.BOUNDS``).
+_PAIRING = {"empirical": "triangle", "spectral": "exact_pairwise"}
 
 
 class CRMTModel(FusionModel):
     """FusionModel with a NormalizedLateHead and stored per-class Lipschitz constants.
 
     ``tau_<estimator>`` buffers (M, C) are NaN until estimated; ``lipschitz`` exposes the
-    (M, C, C) tables of the estimators that have been computed.
+    (M, C, C) tables of the estimators that have been computed (``lip_table``): the
+    empirical one pairs classes by the triangle inequality (the paper), the sound spectral
+    one exactly, L(phi^(m)) ||a_y W~_y - a_k W~_k|| (as the joint model's), see
+    ``lipschitz_bounds``.
     """
 
     head: NormalizedLateHead
@@ -81,8 +89,28 @@ class CRMTModel(FusionModel):
     def lipschitz(self) -> dict[str, Tensor]:
         """estimator -> (M, C, C) table for the current integration weights."""
         a = self.head.integration.detach()
-        return {name: pair_table(self.tau(name), a) for name in ESTIMATORS
+        return {name: self.lip_table(name, a) for name in ESTIMATORS
                 if not torch.isnan(self.tau(name)).any()}
+
+    @property
+    def lipschitz_bounds(self) -> dict[str, str]:
+        """estimator -> how its table pairs classes (a key of ``lipschitz.BOUNDS``)."""
+        return dict(_PAIRING)
+
+    def encoder_bound(self) -> Tensor:
+        """(M,) the encoders' sound constants L(phi^(m)), read back from ``tau_spectral``
+        (= L(phi^(m)) ||W~_k^(m)||, so old checkpoints need no new buffer)."""
+        norms = torch.stack([self.head.normalized_weight(i).detach().double().norm(dim=1)
+                             for i in range(len(self.modalities))])
+        return (self.tau_spectral.double() / norms.clamp_min(1e-30)).amax(dim=1)
+
+    def lip_table(self, estimator: str, integration: Tensor) -> Tensor:
+        """(M, C, C) table of ``estimator`` for integration weights ``integration``
+        (differentiable in them: step 2 optimises the radius built on it)."""
+        if _PAIRING[estimator] == "triangle":
+            return pair_table(self.tau(estimator), integration)
+        rows = [self.head.normalized_weight(i).detach() for i in range(len(self.modalities))]
+        return pairwise_spectral_table(self.encoder_bound(), rows, integration)
 
     def certify_scores(self, inputs: Mapping[str, Tensor], mask: Tensor
                        ) -> tuple[Tensor, Tensor]:
@@ -149,7 +177,7 @@ def certified_radius_loss(model: CRMTModel, units: Tensor, target: Tensor, mask:
                           estimator: str, rival: str = "top") -> Tensor:
     """-mean certified radius for the current integration weights (step 2's objective)."""
     z = model.head.integrate(units)
-    lip = pair_table(model.tau(estimator), model.head.integration)
+    lip = model.lip_table(estimator, model.head.integration)
     radius, _, _ = ops.certified_margin(z, target, lip, mask, model.head.bias, 2.0, rival)
     return -radius.mean()
 
