@@ -201,11 +201,17 @@ class CRMT(Method):
     variant: "jt" (joint training), "at" (adversarial training), "mix" (mixup).
     rho: weight of the margin regulariser (paper: 2.0).
     step2_epochs: integration-weight epochs (default TrainConfig.epochs // 3, as 140 -> 45).
-    step2_lr: Adam learning rate of step 2 (a only).
+    step2_optimizer, step2_lr, step2_momentum, step2_weight_decay: step 2's optimiser on a
+        only. Default the official ``the_second_step``: SGD, lr 0.03 x the base lr 1e-3 =
+        3e-5, momentum 0.9, weight decay 1e-2 ("adamw" ignores the momentum).
     estimator: Lipschitz estimator step 2 optimises with ("empirical" = the paper's).
     rival: certified_margin rival in step 2 ("top" = official code, "min" = a certificate).
     lip_samples: training samples used by the empirical estimate (None = all).
     at_eps, at_steps: CRMT-AT's attack (steps of at_eps/at_steps, box of 2 at_eps).
+    at_clamp: also clamp CRMT-AT's training examples to the pixel range [0, 1] of the video
+        and image modalities (False = the official ``generate_AT_sample``, which does not;
+        the evaluation attacks clamp either way). Recorded in train_stats as
+        ``at_pixel_clamp``.
     init_integration: initial a^(m). The paper uses 0.1 with ResNet-18 features; the small
         preset's encoders give ~10x smaller features, so 0.1 starts from near-zero logits and
         underfits in 15 epochs (avdigits test accuracy 0.50 with 0.1 vs 0.61 with 1.0).
@@ -214,12 +220,16 @@ class CRMT(Method):
     variant: str = "jt"
     rho: float = 2.0
     step2_epochs: int | None = None
-    step2_lr: float = 1e-2
+    step2_optimizer: str = "sgd"
+    step2_lr: float = 3e-5
+    step2_momentum: float = 0.9
+    step2_weight_decay: float = 1e-2
     estimator: str = "empirical"
     rival: str = "top"
     lip_samples: int | None = 512
     at_eps: float = 0.1
     at_steps: int = 5
+    at_clamp: bool = False
     init_integration: float = 1.0
 
     def __post_init__(self) -> None:
@@ -229,6 +239,13 @@ class CRMT(Method):
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         if self.rival not in ("top", "min"):
             raise ValueError(f"rival must be 'top' or 'min', got {self.rival!r}")
+        if self.step2_optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"step2_optimizer must be 'sgd' or 'adamw', got "
+                             f"{self.step2_optimizer!r}")
+        if self.step2_lr <= 0 or self.step2_weight_decay < 0 or self.step2_momentum < 0:
+            raise ValueError(f"need step2_lr > 0, step2_weight_decay >= 0, step2_momentum >= "
+                             f"0, got {self.step2_lr}, {self.step2_weight_decay}, "
+                             f"{self.step2_momentum}")
         if self.rho < 0 or self.at_eps < 0 or self.at_steps < 1:
             raise ValueError(f"need rho >= 0, at_eps >= 0, at_steps >= 1, got "
                              f"{self.rho}, {self.at_eps}, {self.at_steps}")
@@ -265,7 +282,8 @@ class CRMT(Method):
     def _adversarial(self, model: CRMTModel, inputs, mask, label) -> dict[str, Tensor]:
         from mmfast.eval.attacks import pgd_l2  # the evaluation package owns the attacks
 
-        clamp = {m: (0.0, 1.0) for m in model.modalities if m in ("video", "image")}
+        clamp = ({m: (0.0, 1.0) for m in model.modalities if m in ("video", "image")}
+                 if self.at_clamp else {})
         with torch.autocast(device_type=mask.device.type, enabled=False):
             return pgd_l2(model, inputs, mask, label, self.at_eps, steps=self.at_steps,
                           step_size=self.at_eps / self.at_steps, projection="box",
@@ -282,18 +300,32 @@ class CRMT(Method):
         has_val = val is not None and dataset_size(val) > 0
         select = (self.step2_selection(model, unit_logit_table(model, val, ctx))
                   if has_val else None)
-        step2 = Stage(f"{name}_step2", stage_epochs(self.step2_epochs, ctx.cfg.epochs // 3),
-                      self.step2_loss(model), params=[model.head.integration],
-                      lr=self.step2_lr, weight_decay=0.0, optimizer="adamw", sharded=False,
-                      validate=False, select_best=select)
+        step2 = self.step2_stage(model, ctx, select)
         step2_history = run_stage(model, step2, cached, None, ctx, 1)
         history += step2_history
         info = {"lipschitz_estimators": sorted(model.lipschitz), "step2_estimator":
                 self.estimator, "step2_rival": self.rival,
                 "step2_selection": _STEP2_SELECTION if has_val else "last epoch (no val data)",
                 "step2_best_epoch": (step2_history[-1]["best_epoch"]
-                                     if has_val and step2_history else None)}
+                                     if has_val and step2_history else None),
+                "step2_optimizer": {"name": self.step2_optimizer, "lr": self.step2_lr,
+                                    "momentum": self.step2_momentum,
+                                    "weight_decay": self.step2_weight_decay},
+                "certificate_bounds": model.lipschitz_bounds}
+        if self.variant == "at":
+            info["at_pixel_clamp"] = ("[0, 1] on video/image" if self.at_clamp
+                                      else "none (official)")
         return FitResult(model, history, info)
+
+    def step2_stage(self, model: CRMTModel, ctx: TrainContext, select=None) -> Stage:
+        """Step 2: the integration weights only, with step 2's optimiser, on cached unit
+        logits (one process: ``sharded=False``), keeping the ``select`` best epoch."""
+        return Stage(f"{self.registered_name}_step2",
+                     stage_epochs(self.step2_epochs, ctx.cfg.epochs // 3),
+                     self.step2_loss(model), params=[model.head.integration],
+                     lr=self.step2_lr, weight_decay=self.step2_weight_decay,
+                     optimizer=self.step2_optimizer, momentum=self.step2_momentum,
+                     sharded=False, validate=False, select_best=select)
 
     def estimate_lipschitz(self, model: CRMTModel, train: Mapping[str, Tensor],
                            ctx: TrainContext) -> None:

@@ -133,6 +133,42 @@ def test_mix_step_uses_the_official_margin_term(tiny_data, tiny_cfg, monkeypatch
     assert len(calls) == 1 and math.isfinite(metrics["margin_reg"])
 
 
+def test_step2_uses_the_official_sgd_on_the_integration_weights(trained):
+    import mmfast.train.engine as engine
+
+    model, stats = trained[0], trained[1]
+    assert stats["step2_optimizer"] == {"name": "sgd", "lr": 3e-5, "momentum": 0.9,
+                                        "weight_decay": 1e-2}
+    assert stats["certificate_bounds"] == {"empirical": "triangle",
+                                           "spectral": "exact_pairwise"}
+    # The stage fit builds gives the engine an SGD on a alone with those settings.
+    ctx = TrainContext(trained[3], DistContext())
+    stage = create_method("crmt").step2_stage(model, ctx)
+    opt = engine._make_optimizer(stage, list(stage.params), trained[3])
+    group = opt.param_groups[0]
+    assert isinstance(opt, torch.optim.SGD) and group["params"] == [model.head.integration]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (3e-5, 0.9, 1e-2)
+    with pytest.raises(ValueError, match="step2_optimizer"):
+        CRMT(step2_optimizer="lbfgs")
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+def test_at_pixel_clamp_is_an_option(tiny_data, tiny_cfg, clamp):
+    method = create_method("crmt_at", at_clamp=clamp, at_eps=0.5)
+    train = tiny_data[0]
+    model = method.build_model(ModelSpec.from_data(train, tiny_cfg.widths,
+                                                   tiny_cfg.feature_dim)).eval()
+    names = model.modalities
+    n = 16
+    inputs = {m: train[m][:n].clone() for m in names}
+    inputs["video"] = torch.ones_like(inputs["video"])  # at the top of the pixel range
+    mask = torch.ones(n, len(names), dtype=torch.bool)
+    adv = method._adversarial(model, inputs, mask, train["label"][:n])
+    moved = float((adv["video"] - inputs["video"]).abs().max())
+    assert moved > 0  # the attack did perturb the video
+    assert bool((adv["video"] <= 1.0).all()) is clamp  # official: no clamp
+
+
 def test_step2_changes_only_integration_weights_and_raises_the_bound(trained, tiny_data_module):
     model, stats, run, cfg = trained
     assert stats["epochs"] == {"crmt_step1": 2, "crmt_step2": 5}
