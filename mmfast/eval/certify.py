@@ -8,6 +8,11 @@ and its radii are not guarantees. The valid rival rule ("min" over every other c
 one reported; CRMT's "top" rule (the fused runner-up only, which can overstate the radius) is
 reported beside it for comparison.
 
+Each estimator's entry records its ``bound``: how the table pairs classes, exactly
+(L(phi) ||a_y W_y - a_k W_k||, the sound tables of joint training and CRMT alike) or by the
+triangle inequality (|a_y| tau_y + |a_k| tau_k, the paper's empirical estimate), read from
+the model's ``lipschitz_bounds`` ("unspecified" for a model that does not say).
+
 A soundness check attacks the same rows with PGD: a misclassified adversarial example closer
 than the certified radius is a *violation*; a sound table must have none.
 """
@@ -33,7 +38,7 @@ from mmfast.eval.common import (
 )
 from mmfast.nn.model import CertifiableModel
 
-__all__ = ["certify", "lipschitz_kind", "SOUND_ESTIMATORS"]
+__all__ = ["certify", "lipschitz_kind", "bound_description", "SOUND_ESTIMATORS"]
 
 #: Lipschitz estimator names that are upper bounds (certificates); others are estimates.
 SOUND_ESTIMATORS = ("spectral", "sound")
@@ -44,6 +49,17 @@ RIVAL_RULES = {
 }
 
 _QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def bound_description(pairing: str | None) -> dict:
+    """{"pairing": "exact_pairwise" | "triangle" | "unspecified", "formula": ...}: how a
+    table's lip[m, y, k] pairs the classes y, k (the report says which bound a curve uses)."""
+    from mmfast.methods.lipschitz import BOUNDS
+
+    if pairing not in BOUNDS:
+        return {"pairing": "unspecified",
+                "formula": "the model does not say how its table pairs classes"}
+    return {"pairing": pairing, "formula": BOUNDS[pairing]}
 
 
 def lipschitz_kind(name: str) -> str:
@@ -78,9 +94,10 @@ def certify(model: nn.Module, data: Mapping[str, Tensor], cfg: EvalConfig) -> di
     distance = _pgd_distances(model, inputs, mask, label, cfg)
     result = {"radii": list(cfg.certify_radii), "rival_rules": RIVAL_RULES,
               "norm": "joint l2 over all modalities", "estimators": {}}
+    pairing = getattr(model, "lipschitz_bounds", None) or {}
     for name, lip in tables.items():
         lip = lip.detach().float().cpu()
-        entry = {"kind": lipschitz_kind(name)}
+        entry = {"kind": lipschitz_kind(name), "bound": bound_description(pairing.get(name))}
         for rival in RIVAL_RULES:
             radius, _, _ = ops.certified_margin(z, label, lip, mask=mask, bias=bias,
                                                 rival=rival, backend=cfg.backend)

@@ -7,12 +7,15 @@ Step 1 (everything): cross entropy + rho * the uni-modal margin regulariser
     mean_i log( sum_m sum_{k != y} exp(z~_mk - z~_my) + 1e-5 ),
 computed in its numerically stable form as a log-sum-exp over (m, k != y) (the official code
 exponentiates raw logits and can overflow). CRMT-AT trains on CRMT-AT's box-projected PGD
-inputs (``mmfast.eval.attacks.pgd_l2``); CRMT-Mix on mixup pairs (the margin term is the
-convex combination of both labels' terms, the official code's raw-logit subtraction fixed).
+inputs (``mmfast.eval.attacks.pgd_l2``); CRMT-Mix on mixup pairs, with the official margin
+term (``mix_margin_regularizer``): both mixed labels are excluded from the rivals and the
+reference is lam z_y_a + (1 - lam) z_y_b, as in the official ``train_CRMT_mix``.
 Lipschitz estimation: both estimators of ``mmfast.methods.lipschitz`` (labelled).
 Step 2 (integration weights a only): maximise the mean certified radius of
 ``mmfast.ops.certified_margin`` (rival = fused runner-up, as the official code; the
-Lipschitz table follows a, lip = |a_y| tau_y + |a_k| tau_k). With validation data it keeps
+Lipschitz table follows a: the paper's lip = |a_y| tau_y + |a_k| tau_k for the empirical
+estimate, the exact pair L(phi) ||a_y W~_y - a_k W~_k|| for the sound spectral bound, the
+same kind of bound the joint model is certified with). With validation data it keeps
 the best epoch on validation, as the official code (``CRMT.step2_selection``).
 """
 
@@ -42,22 +45,29 @@ from mmfast.methods.lipschitz import (
     empirical_class_lipschitz,
     encoder_lipschitz_bound,
     pair_table,
+    pairwise_spectral_table,
 )
 from mmfast.nn.heads import NormalizedLateHead
 from mmfast.train.batches import Batch, batch_indices, dataset_size, inputs_of, take
 from mmfast.train.engine import Stage, StepInfo, TrainContext, autocast, run_stage
 
-__all__ = ["CRMT", "CRMTModel", "margin_regularizer", "certified_radius_loss"]
+__all__ = ["CRMT", "CRMTModel", "margin_regularizer", "mix_margin_regularizer",
+           "certified_radius_loss"]
 
 _LOG_EPS = math.log(1e-5)
 _STEP2_SELECTION = "val_acc, then val_mean_radius"
+#: How each estimator's table pairs classes (``mmfast.methods.lipschitz.BOUNDS``).
+_PAIRING = {"empirical": "triangle", "spectral": "exact_pairwise"}
 
 
 class CRMTModel(FusionModel):
     """FusionModel with a NormalizedLateHead and stored per-class Lipschitz constants.
 
     ``tau_<estimator>`` buffers (M, C) are NaN until estimated; ``lipschitz`` exposes the
-    (M, C, C) tables of the estimators that have been computed.
+    (M, C, C) tables of the estimators that have been computed (``lip_table``): the
+    empirical one pairs classes by the triangle inequality (the paper), the sound spectral
+    one exactly, L(phi^(m)) ||a_y W~_y - a_k W~_k|| (as the joint model's), see
+    ``lipschitz_bounds``.
     """
 
     head: NormalizedLateHead
@@ -79,8 +89,28 @@ class CRMTModel(FusionModel):
     def lipschitz(self) -> dict[str, Tensor]:
         """estimator -> (M, C, C) table for the current integration weights."""
         a = self.head.integration.detach()
-        return {name: pair_table(self.tau(name), a) for name in ESTIMATORS
+        return {name: self.lip_table(name, a) for name in ESTIMATORS
                 if not torch.isnan(self.tau(name)).any()}
+
+    @property
+    def lipschitz_bounds(self) -> dict[str, str]:
+        """estimator -> how its table pairs classes (a key of ``lipschitz.BOUNDS``)."""
+        return dict(_PAIRING)
+
+    def encoder_bound(self) -> Tensor:
+        """(M,) the encoders' sound constants L(phi^(m)), read back from ``tau_spectral``
+        (= L(phi^(m)) ||W~_k^(m)||, so old checkpoints need no new buffer)."""
+        norms = torch.stack([self.head.normalized_weight(i).detach().double().norm(dim=1)
+                             for i in range(len(self.modalities))])
+        return (self.tau_spectral.double() / norms.clamp_min(1e-30)).amax(dim=1)
+
+    def lip_table(self, estimator: str, integration: Tensor) -> Tensor:
+        """(M, C, C) table of ``estimator`` for integration weights ``integration``
+        (differentiable in them: step 2 optimises the radius built on it)."""
+        if _PAIRING[estimator] == "triangle":
+            return pair_table(self.tau(estimator), integration)
+        rows = [self.head.normalized_weight(i).detach() for i in range(len(self.modalities))]
+        return pairwise_spectral_table(self.encoder_bound(), rows, integration)
 
     def certify_scores(self, inputs: Mapping[str, Tensor], mask: Tensor
                        ) -> tuple[Tensor, Tensor]:
@@ -101,23 +131,53 @@ class CRMTModel(FusionModel):
         return self.tau_spectral
 
 
+def _log_rival_mass(diff: Tensor, excluded: Tensor, mask: Tensor) -> Tensor:
+    """(B,) log(sum_m p_m sum_{k not excluded} exp(diff_mk) + 1e-5) as one log-sum-exp.
+
+    ``diff`` (B, M, C), ``excluded`` (B, 1 or M, C) bool. The 1e-5 is a last column of the
+    log-sum-exp, so a row with nothing left (every modality absent) gets log 1e-5 and a zero,
+    finite gradient.
+    """
+    absent = ~mask.bool().unsqueeze(-1)
+    flat = diff.masked_fill(excluded | absent, -math.inf).flatten(1)
+    eps = torch.full((flat.shape[0], 1), _LOG_EPS, dtype=flat.dtype, device=flat.device)
+    return torch.logsumexp(torch.cat([flat, eps], dim=1), dim=1)
+
+
+def _label_logit(z: Tensor, label: Tensor) -> Tensor:
+    """(B, M, 1) z[b, m, label_b]."""
+    return z.gather(2, label.view(-1, 1, 1).expand(-1, z.shape[1], 1))
+
+
 def margin_regularizer(units: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """(B,) log(sum_m p_m sum_{k != y} exp(z_mk - z_my) + 1e-5), stably (log-sum-exp)."""
     z = units.float()
-    zy = z.gather(2, target.view(-1, 1, 1).expand(-1, z.shape[1], 1))
-    diff = z - zy
     own = F.one_hot(target, z.shape[2]).bool().unsqueeze(1)  # exclude k = y
-    absent = ~mask.bool().unsqueeze(-1)
-    diff = diff.masked_fill(own | absent, -math.inf).flatten(1)
-    lse = torch.logsumexp(diff, dim=1)
-    return torch.logaddexp(lse, torch.full_like(lse, _LOG_EPS))
+    return _log_rival_mass(z - _label_logit(z, target), own, mask)
+
+
+def mix_margin_regularizer(units: Tensor, label_a: Tensor, label_b: Tensor, lam: float,
+                           mask: Tensor) -> Tensor:
+    """(B,) CRMT-Mix's margin term for mixup pairs, stably:
+    log(sum_m p_m sum_{k not in {y_a, y_b}} exp(z_mk - lam z_m,y_a - (1 - lam) z_m,y_b) + 1e-5).
+
+    The official term (train.py, ``train_CRMT_mix``): both mixed labels are left out of the
+    rivals, and the reference is the lam-mixture of their logits. (The official code
+    subtracts the raw logits z_y_a, z_y_b from sum_k exp(z_k) where their exponentials are
+    meant; here they are excluded exactly.) With y_a = y_b it is ``margin_regularizer``.
+    """
+    z = units.float()
+    ref = lam * _label_logit(z, label_a) + (1.0 - lam) * _label_logit(z, label_b)
+    num = z.shape[2]
+    own = (F.one_hot(label_a, num) | F.one_hot(label_b, num)).bool().unsqueeze(1)
+    return _log_rival_mass(z - ref, own, mask)
 
 
 def certified_radius_loss(model: CRMTModel, units: Tensor, target: Tensor, mask: Tensor,
                           estimator: str, rival: str = "top") -> Tensor:
     """-mean certified radius for the current integration weights (step 2's objective)."""
     z = model.head.integrate(units)
-    lip = pair_table(model.tau(estimator), model.head.integration)
+    lip = model.lip_table(estimator, model.head.integration)
     radius, _, _ = ops.certified_margin(z, target, lip, mask, model.head.bias, 2.0, rival)
     return -radius.mean()
 
@@ -141,11 +201,17 @@ class CRMT(Method):
     variant: "jt" (joint training), "at" (adversarial training), "mix" (mixup).
     rho: weight of the margin regulariser (paper: 2.0).
     step2_epochs: integration-weight epochs (default TrainConfig.epochs // 3, as 140 -> 45).
-    step2_lr: Adam learning rate of step 2 (a only).
+    step2_optimizer, step2_lr, step2_momentum, step2_weight_decay: step 2's optimiser on a
+        only. Default the official ``the_second_step``: SGD, lr 0.03 x the base lr 1e-3 =
+        3e-5, momentum 0.9, weight decay 1e-2 ("adamw" ignores the momentum).
     estimator: Lipschitz estimator step 2 optimises with ("empirical" = the paper's).
     rival: certified_margin rival in step 2 ("top" = official code, "min" = a certificate).
     lip_samples: training samples used by the empirical estimate (None = all).
     at_eps, at_steps: CRMT-AT's attack (steps of at_eps/at_steps, box of 2 at_eps).
+    at_clamp: also clamp CRMT-AT's training examples to the pixel range [0, 1] of the video
+        and image modalities (False = the official ``generate_AT_sample``, which does not;
+        the evaluation attacks clamp either way). Recorded in train_stats as
+        ``at_pixel_clamp``.
     init_integration: initial a^(m). The paper uses 0.1 with ResNet-18 features; the small
         preset's encoders give ~10x smaller features, so 0.1 starts from near-zero logits and
         underfits in 15 epochs (avdigits test accuracy 0.50 with 0.1 vs 0.61 with 1.0).
@@ -154,12 +220,16 @@ class CRMT(Method):
     variant: str = "jt"
     rho: float = 2.0
     step2_epochs: int | None = None
-    step2_lr: float = 1e-2
+    step2_optimizer: str = "sgd"
+    step2_lr: float = 3e-5
+    step2_momentum: float = 0.9
+    step2_weight_decay: float = 1e-2
     estimator: str = "empirical"
     rival: str = "top"
     lip_samples: int | None = 512
     at_eps: float = 0.1
     at_steps: int = 5
+    at_clamp: bool = False
     init_integration: float = 1.0
 
     def __post_init__(self) -> None:
@@ -169,6 +239,13 @@ class CRMT(Method):
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         if self.rival not in ("top", "min"):
             raise ValueError(f"rival must be 'top' or 'min', got {self.rival!r}")
+        if self.step2_optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"step2_optimizer must be 'sgd' or 'adamw', got "
+                             f"{self.step2_optimizer!r}")
+        if self.step2_lr <= 0 or self.step2_weight_decay < 0 or self.step2_momentum < 0:
+            raise ValueError(f"need step2_lr > 0, step2_weight_decay >= 0, step2_momentum >= "
+                             f"0, got {self.step2_lr}, {self.step2_weight_decay}, "
+                             f"{self.step2_momentum}")
         if self.rho < 0 or self.at_eps < 0 or self.at_steps < 1:
             raise ValueError(f"need rho >= 0, at_eps >= 0, at_steps >= 1, got "
                              f"{self.rho}, {self.at_eps}, {self.at_steps}")
@@ -191,8 +268,7 @@ class CRMT(Method):
             units = out.aux["unit_logits"]
             ce = (lam * F.cross_entropy(out.logits.float(), label_a)
                   + (1 - lam) * F.cross_entropy(out.logits.float(), label_b))
-            reg = (lam * margin_regularizer(units, label_a, mask)
-                   + (1 - lam) * margin_regularizer(units, label_b, mask)).mean()
+            reg = mix_margin_regularizer(units, label_a, label_b, lam, mask).mean()
         else:
             if self.variant == "at":
                 inputs = self._adversarial(model, inputs, mask, label)
@@ -206,7 +282,8 @@ class CRMT(Method):
     def _adversarial(self, model: CRMTModel, inputs, mask, label) -> dict[str, Tensor]:
         from mmfast.eval.attacks import pgd_l2  # the evaluation package owns the attacks
 
-        clamp = {m: (0.0, 1.0) for m in model.modalities if m in ("video", "image")}
+        clamp = ({m: (0.0, 1.0) for m in model.modalities if m in ("video", "image")}
+                 if self.at_clamp else {})
         with torch.autocast(device_type=mask.device.type, enabled=False):
             return pgd_l2(model, inputs, mask, label, self.at_eps, steps=self.at_steps,
                           step_size=self.at_eps / self.at_steps, projection="box",
@@ -223,18 +300,32 @@ class CRMT(Method):
         has_val = val is not None and dataset_size(val) > 0
         select = (self.step2_selection(model, unit_logit_table(model, val, ctx))
                   if has_val else None)
-        step2 = Stage(f"{name}_step2", stage_epochs(self.step2_epochs, ctx.cfg.epochs // 3),
-                      self.step2_loss(model), params=[model.head.integration],
-                      lr=self.step2_lr, weight_decay=0.0, optimizer="adamw", sharded=False,
-                      validate=False, select_best=select)
+        step2 = self.step2_stage(model, ctx, select)
         step2_history = run_stage(model, step2, cached, None, ctx, 1)
         history += step2_history
         info = {"lipschitz_estimators": sorted(model.lipschitz), "step2_estimator":
                 self.estimator, "step2_rival": self.rival,
                 "step2_selection": _STEP2_SELECTION if has_val else "last epoch (no val data)",
                 "step2_best_epoch": (step2_history[-1]["best_epoch"]
-                                     if has_val and step2_history else None)}
+                                     if has_val and step2_history else None),
+                "step2_optimizer": {"name": self.step2_optimizer, "lr": self.step2_lr,
+                                    "momentum": self.step2_momentum,
+                                    "weight_decay": self.step2_weight_decay},
+                "certificate_bounds": model.lipschitz_bounds}
+        if self.variant == "at":
+            info["at_pixel_clamp"] = ("[0, 1] on video/image" if self.at_clamp
+                                      else "none (official)")
         return FitResult(model, history, info)
+
+    def step2_stage(self, model: CRMTModel, ctx: TrainContext, select=None) -> Stage:
+        """Step 2: the integration weights only, with step 2's optimiser, on cached unit
+        logits (one process: ``sharded=False``), keeping the ``select`` best epoch."""
+        return Stage(f"{self.registered_name}_step2",
+                     stage_epochs(self.step2_epochs, ctx.cfg.epochs // 3),
+                     self.step2_loss(model), params=[model.head.integration],
+                     lr=self.step2_lr, weight_decay=self.step2_weight_decay,
+                     optimizer=self.step2_optimizer, momentum=self.step2_momentum,
+                     sharded=False, validate=False, select_best=select)
 
     def estimate_lipschitz(self, model: CRMTModel, train: Mapping[str, Tensor],
                            ctx: TrainContext) -> None:

@@ -14,19 +14,28 @@ embedding, PME) and classifies a sample drawn from it, which decouples the direc
 * Loss: CE(fc(s)) + alpha KL(N(mu, sigma^2) || N(0, I)) + beta L_hard.
 * Hard-combination regulariser: during the first ``mining_epochs`` the mean variance of every
   combination (mean over its samples of mean_dims sigma^2) is accumulated; the combination with
-  the largest one becomes the hard combination c*; afterwards
+  the largest one among the uni-modal combinations becomes the hard combination c*; afterwards
   L_hard = (1/B) sum_i [comb_i = c*] CE_i, extra weight on its samples. Mining and L_hard are
   one training stage with one optimizer, as in the official code (the regulariser switches on
   at the first step after the mining epochs).
 
-Choices (UNVERIFIED details or official code that does not fit the built-in encoders):
-all combinations compete for c* (as the face anti-spoofing variant; the AV code
-compares only the two uni-modal ones); the mining phase is a third of the epochs (the official
-5 of 100 epochs is too short a window on a few-epoch budget to see stable variances).
+Only the uni-modal combinations compete for c* ({a} and {v} in the official audio-visual
+code, ``main.py``: at epoch 5 the weak modality is the one whose single-modality samples had
+the larger accumulated std), so the full set, or any combination of several modalities, is
+never up-weighted. (The face anti-spoofing code, ``face-antispoofing/lib/model_develop.py``,
+does not pick a c* at all: it accumulates the mean variance of all 7 combinations, but adds
+its auxiliary CE, scaled by ``auxi_scale``, on a fixed hand-picked set of 1- and 2-modality
+combinations.)
+
+Choices (UNVERIFIED details or official code that does not fit the built-in encoders): the
+mining phase is a third of the epochs (the official 5 of 100 epochs is too short a window on
+a few-epoch budget to see stable variances).
 The model has no per-modality logits (joint fusion), so the missing-modality protocol masks
 the inputs for every subset.
 
-Finding (avdigits, demo data, small preset: 15 epochs, seeds 0/1/2, one torch thread; "miss" =
+Finding (measured while all 7 combinations still competed for c*, before the uni-modal rule
+above; not re-measured since; avdigits, demo data, small preset: 15 epochs, seeds 0/1/2, one
+torch thread; "miss" =
 mean accuracy over the 6 subsets missing a modality, "full" = all three). DMRNet was below
 joint training, also with every modality, for two defects, not for its dropout budget:
 
@@ -138,10 +147,14 @@ class PMEHead(nn.Module):
 
     @torch.no_grad()
     def select_hard_combination(self) -> int:
-        """c* = the combination with the largest mean variance; stored and returned."""
-        mean = self.mean_variance().nan_to_num(nan=-torch.inf)
+        """c* = the uni-modal combination with the largest mean variance (as the official
+        audio-visual code; combinations of several modalities never compete); stored and
+        returned."""
+        single = ops.all_subsets(self.num_modalities, device=self.variance_sum.device).sum(1) == 1
+        mean = self.mean_variance().nan_to_num(nan=-torch.inf).masked_fill(~single, -torch.inf)
         if not bool(torch.isfinite(mean).any()):
-            raise RuntimeError("no combination was seen during mining: cannot pick c*")
+            raise RuntimeError("no uni-modal combination was seen during mining: cannot "
+                               "pick c*")
         self.hard_combination.fill_(int(mean.argmax()))
         return int(self.hard_combination)
 

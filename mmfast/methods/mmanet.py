@@ -78,7 +78,7 @@ from mmfast.train.batches import Batch, batch_indices, dataset_size, inputs_of, 
 from mmfast.train.engine import Stage, StepInfo, TrainContext, autocast, run_stage
 
 __all__ = ["MMANet", "DistillationHead", "mad_loss", "teacher_entropy_weights",
-           "mine_weak_combinations", "weak_set"]
+           "mine_weak_combinations", "weak_set", "candidate_combinations", "MAR_CANDIDATES"]
 
 
 class DistillationHead(nn.Module):
@@ -168,13 +168,41 @@ def mine_weak_combinations(model: FusionModel, data: Mapping[str, Tensor],
         model.train(was_training)
 
 
-def weak_set(divergence: Tensor, num_modalities: int) -> Tensor:
-    """(S,) bool: c* = argmax D_c and the single-modality members of c*."""
+#: Which combinations compete for the weak one in MAR (``MMANet.mar_candidates``).
+MAR_CANDIDATES = {
+    "one_missing": "the combinations missing exactly one modality (the official code: the "
+                   "three pairs of RGB/Depth/IR)",
+    "all": "every non-empty combination except the full set (METHODS.md's reading)",
+}
+
+
+def candidate_combinations(num_modalities: int, rule: str, device=None) -> Tensor:
+    """(S,) bool over the rows of ``ops.all_subsets``: the combinations that may be c*.
+
+    The full set never competes (it is the reference every D_c is measured against). With
+    one modality nothing competes.
+    """
+    if rule not in MAR_CANDIDATES:
+        raise ValueError(f"mar_candidates: expected one of {sorted(MAR_CANDIDATES)}, "
+                         f"got {rule!r}")
+    sizes = ops.all_subsets(num_modalities, device=device).sum(1)
+    if rule == "one_missing":
+        return sizes == num_modalities - 1 if num_modalities > 1 else sizes < 0
+    return sizes < num_modalities
+
+
+def weak_set(divergence: Tensor, num_modalities: int, candidates: str = "one_missing"
+             ) -> Tensor:
+    """(S,) bool: c* = argmax of D_c over the ``candidates`` and the single-modality
+    members of c* (all False when nothing competes)."""
     subsets = ops.all_subsets(num_modalities, device=divergence.device)
-    star = subsets[int(divergence.argmax())]
-    singles = (subsets.sum(1) == 1) & ~(subsets & ~star).any(1)
-    weak = singles.clone()
-    weak[int(divergence.argmax())] = True
+    allowed = candidate_combinations(num_modalities, candidates, divergence.device)
+    weak = torch.zeros_like(allowed)
+    if not bool(allowed.any()):
+        return weak
+    index = int(divergence.masked_fill(~allowed, -float("inf")).argmax())
+    weak |= (subsets.sum(1) == 1) & ~(subsets & ~subsets[index]).any(1)
+    weak[index] = True
     return weak
 
 
@@ -208,11 +236,15 @@ class MMANet(Method):
     warmup_epochs: int | None = None
     main_epochs: int | None = None
     student_from_teacher: bool = True
+    mar_candidates: str = "one_missing"
 
     def __post_init__(self) -> None:
         if self.lambda_kd < 0 or self.lambda_mar < 0:
             raise ValueError(f"lambda_kd and lambda_mar must be >= 0, got {self.lambda_kd}, "
                              f"{self.lambda_mar}")
+        if self.mar_candidates not in MAR_CANDIDATES:
+            raise ValueError(f"mar_candidates: expected one of {sorted(MAR_CANDIDATES)}, "
+                             f"got {self.mar_candidates!r}")
         check_optional_epochs(self, ("teacher_epochs", "warmup_epochs", "main_epochs"))
 
     def build_model(self, spec: ModelSpec) -> FusionModel:
@@ -272,7 +304,7 @@ class MMANet(Method):
                                               self.student_loss(None)), train, val, ctx,
                                  1 + epoch)
             head.divergence += mine_weak_combinations(model, mining, ctx).to(head.divergence)
-        head.weak.copy_(weak_set(head.divergence, len(model.modalities)))
+        head.weak.copy_(weak_set(head.divergence, len(model.modalities), self.mar_candidates))
         history += run_stage(model, Stage(f"{name}_main", main, self.student_loss(teacher)),
                              train, val, ctx, 1 + warmup)
         return history
@@ -293,6 +325,8 @@ class MMANet(Method):
         subsets = ops.all_subsets(len(names))
         return FitResult(model, history, {
             "mining_split": source,
+            "student_start": "trained teacher" if self.student_from_teacher else "scratch",
+            "mar_candidates": MAR_CANDIDATES[self.mar_candidates],
             "weak_combinations": [subset_label(s, names)
                                   for s, w in zip(subsets, model.head.weak) if w],
             "mar_divergence": {subset_label(s, names): float(d)

@@ -9,21 +9,34 @@ Model (per modality m, on the encoder's pooled features f_m):
   ``mmfast.ops.noisy_modality_dropout``: t_m = 1 + sigma_used / std_m (std_m the modality's
   standard deviation on the training split, the unit the noise protocol sweeps; the offset 1
   is the official convention "level 1 = clean", which keeps u^-2 finite on clean data);
-* quality weights w_m = M u_m^-2 / sum_n u_n^-2, bias-corrected by the modality reliance d_m:
-  w'_m = w_m / d_m, w''_m = M w'_m / sum_n w'_n (sums and M over the present modalities);
-* d_m = mean over the batch of sum_k |z^(m)_k + b_k|: the fused head applied with every other
-  modality dropped (the official ConcatFusion_AUXI's fc([f_a, 0]), fc([0, f_v])), refreshed
-  on every training batch without gradient and stored as a buffer;
+* quality weights w_m = M u_m^-2 / sum_n u_n^-2 (1 during the warm-up phases), bias-corrected
+  by the modality reliance d_m from the first step on, as the official model (which divides
+  its warm-up weights 1 by d too): w'_m = w_m / d_m, w''_m = M w'_m / sum_n w'_n (sums and M
+  over the present modalities);
+* the uni-modal heads are the fused head applied to the *weighted* features with every other
+  modality dropped, (1 + w''_m) z^(m) + b with z^(m) = W_m s_m (the official
+  ConcatFusion_AUXI's fc([(1 + w_a) f_a, 0]), fc([0, (1 + w_v) f_v])): their CE is the
+  auxiliary loss and d_m = mean over the batch of sum_k |(1 + w''_m) z^(m)_k + b_k|, refreshed
+  after every training batch without gradient (so a batch's weights use the previous
+  batch's d, as the official code) and stored as a buffer;
 * fusion fc([(1 + w''_1) s_1, ..., (1 + w''_M) s_M]) = sum_m (1 + w''_m) W_m s_m + b, computed
   as ``mmfast.ops.masked_fusion(z, mask, 1 + w'', normalize=False) + b``.
 
 Loss: CE(fused) + gamma sum_m CE(uni-modal head m) + beta sum_m KL(N(mu_m, sigma_m^2) ||
 N(0, t_m I)) + lambda_u sum_m MSE(u_m, t_m), averaged over the samples where m is present.
 
-Recipe (the official schedule, scaled to few epochs): clean data with weights fixed to 1,
-then injected noise with weights still fixed (the estimator learns), then dynamic weights.
-Each sample and modality draws one level from ``noise_levels`` (zeros repeated so that half the
-draws are clean, the later notes' "independent probability 0.5 per modality").
+Recipe (the official schedule, scaled to few epochs): clean data with quality weights fixed to
+1, then injected noise with them still fixed (the estimator learns), then dynamic weights.
+Two noise protocols (``noise_protocol``):
+
+* ``"redraw"`` (default): every step, each sample and modality draws one level from
+  ``noise_levels`` (zeros repeated so that half the draws are clean, the later notes'
+  "independent probability 0.5 per modality");
+* ``"official"`` (the released KSDataset/CramedDataset): the levels are fixed per training
+  sample when the split is built (:func:`fixed_noise_levels`): half of the samples (n // 2,
+  drawn with the seed) are clean in every modality, the others draw one level per modality
+  uniformly from the distinct values of ``noise_levels`` (0 included, as the official level
+  1 is clean); only the noise itself is drawn afresh at every step.
 
 Choices where METHODS.md marks details UNVERIFIED or the official code does not fit the
 built-in encoders (chosen to fit the abstract's "noise-aware uncertainty, unbiased fusion"):
@@ -59,27 +72,38 @@ from mmfast.methods.base import (
     make_encoders,
 )
 from mmfast.methods.common import GaussianEmbedding, gaussian_kl
-from mmfast.train.batches import Batch, inputs_of
+from mmfast.train.batches import Batch, dataset_size, derive_seed, inputs_of
 from mmfast.train.engine import Stage, StepInfo, TrainContext, run_stage
 
-__all__ = ["UDML", "UDMLHead", "NoiseEstimator", "fusion_weights", "modality_reliance",
-           "modality_std"]
+__all__ = ["UDML", "UDMLHead", "NoiseEstimator", "fusion_weights", "quality_weights",
+           "bias_correct", "modality_reliance", "modality_std", "fixed_noise_levels",
+           "NOISE_PROTOCOLS"]
 
 _MIN_UNCERTAINTY = 1e-4
 
 
-def fusion_weights(uncertainty: Tensor, mask: Tensor, reliance: Tensor) -> Tensor:
-    """(B, M) bias-corrected dynamic weights w'' (0 for absent modalities).
-
-    w_m = M u_m^-2 / sum_n u_n^-2 (inverse variance, summing to M), w'_m = w_m / d_m,
-    w''_m = M w'_m / sum_n w'_n, with M and the sums over each row's present modalities.
-    """
+def quality_weights(uncertainty: Tensor, mask: Tensor) -> Tensor:
+    """(B, M) w_m = M u_m^-2 / sum_n u_n^-2 (inverse variance, summing to M over each row's
+    present modalities; 0 for absent ones)."""
     present = mask.to(torch.float32)
     count = present.sum(dim=1, keepdim=True)
     inv = uncertainty.float().clamp_min(_MIN_UNCERTAINTY).pow(-2) * present
-    w = count * inv / inv.sum(dim=1, keepdim=True).clamp_min(1e-30)
-    corrected = w / reliance.float().clamp_min(1e-12).unsqueeze(0)
+    return count * inv / inv.sum(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+def bias_correct(weight: Tensor, mask: Tensor, reliance: Tensor) -> Tensor:
+    """(B, M) w''_m = M w'_m / sum_n w'_n with w'_m = w_m / d_m (M and the sums over each
+    row's present modalities; 0 for absent ones)."""
+    present = mask.to(torch.float32)
+    count = present.sum(dim=1, keepdim=True)
+    corrected = weight.float() * present / reliance.float().clamp_min(1e-12).unsqueeze(0)
     return count * corrected / corrected.sum(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+def fusion_weights(uncertainty: Tensor, mask: Tensor, reliance: Tensor) -> Tensor:
+    """(B, M) bias-corrected dynamic weights w'' (0 for absent modalities): the
+    ``quality_weights`` of the uncertainties, ``bias_correct``-ed by the reliance d."""
+    return bias_correct(quality_weights(uncertainty, mask), mask, reliance)
 
 
 @torch.no_grad()
@@ -113,9 +137,10 @@ class NoiseEstimator(nn.Module):
 
 
 class UDMLHead(nn.Module):
-    """Features -> (fused logits, uni-modal logits z + b, aux: mu, logvar, uncertainty,
-    fusion_weight). Buffers: ``reliance`` (M,) d_m; ``dynamic`` (bool) use w'' (True) or
-    weights fixed to 1 (the warm-up)."""
+    """Features -> (fused logits, uni-modal logits (1 + w''_m) z_m + b, aux: mu, logvar,
+    uncertainty, fusion_weight w''). Buffers: ``reliance`` (M,) d_m; ``dynamic`` (bool): the
+    weights before the bias correction are the inverse-variance ones (True) or 1 (the
+    warm-up); the correction by d applies in both, as the official model."""
 
     def __init__(self, feature_dims: Sequence[int], num_classes: int, embed_dim: int,
                  hidden: int = 64, dropout: float = 0.1):
@@ -146,16 +171,18 @@ class UDMLHead(nn.Module):
             mu.append(mu_m)
             logvar.append(logvar_m)
         z = torch.stack([fc(s_m) for fc, s_m in zip(self.classifiers, s)], dim=1)  # (B, M, C)
-        unimodal = z + self.bias
-        if self.training:
+        uncertainty = torch.stack(u, dim=1)
+        base = (quality_weights(uncertainty.detach(), mask) if bool(self.dynamic)
+                else mask.to(torch.float32))
+        weight = bias_correct(base, mask, self.reliance)
+        scale = (1.0 + weight).to(z.dtype)
+        # fc([0, .., (1 + w''_m) s_m, .., 0]): the official auxiliary heads (and d) see the
+        # weighted features.
+        unimodal = scale.unsqueeze(-1) * z + self.bias
+        if self.training:  # d for the next batch, as the official code
             self.reliance.copy_(modality_reliance(unimodal.detach().float(), mask,
                                                   self.reliance))
-        uncertainty = torch.stack(u, dim=1)
-        if bool(self.dynamic):
-            weight = fusion_weights(uncertainty.detach(), mask, self.reliance)
-        else:
-            weight = mask.to(torch.float32)
-        fused, _ = ops.masked_fusion(z, mask, (1.0 + weight).to(z.dtype), normalize=False)
+        fused, _ = ops.masked_fusion(z, mask, scale, normalize=False)
         aux = {"mu": torch.stack(mu, dim=1), "logvar": torch.stack(logvar, dim=1),
                "uncertainty": uncertainty, "fusion_weight": weight}
         return fused + self.bias, unimodal, aux
@@ -171,6 +198,29 @@ def modality_std(data: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, 
         if not out[m] > 0:
             out[m] = 1.0
     return out
+
+
+#: UDML's training-noise protocols (``UDML.noise_protocol``).
+NOISE_PROTOCOLS = {
+    "redraw": "a level per sample and modality drawn at every step from noise_levels",
+    "official": "levels fixed per sample when the split is built; 50% of the samples clean "
+                "in every modality, the rest one level per modality from the distinct "
+                "noise_levels; fresh noise at every step",
+}
+_LEVEL_KEY = "udml_noise_level"
+
+
+def fixed_noise_levels(num_samples: int, num_modalities: int, levels: Sequence[float],
+                       seed: int) -> Tensor:
+    """(N, M) float32 noise levels fixed per sample, the official protocol: ``N // 2``
+    samples (chosen with ``seed``) get 0 in every modality, the others one level per
+    modality drawn uniformly from the distinct values of ``levels``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    choices = torch.tensor(sorted(set(float(v) for v in levels)), dtype=torch.float32)
+    table = choices[torch.randint(len(choices), (num_samples, num_modalities), generator=gen)]
+    clean = torch.randperm(num_samples, generator=gen)[:num_samples // 2]
+    table[clean] = 0.0
+    return table
 
 
 def _present_mean(values: Tensor, present: Tensor) -> Tensor:
@@ -193,6 +243,7 @@ class UDML(Method):
         TrainConfig.epochs: a third, a sixth, the rest).
     embed_dim: width of the Gaussian embedding (None: the widest encoder feature).
     estimator_hidden: hidden width of the uncertainty MLP.
+    noise_protocol: "redraw" or "official" (levels fixed per sample; module docstring).
     """
 
     gamma: float = 1.0
@@ -204,8 +255,12 @@ class UDML(Method):
     dynamic_epochs: int | None = None
     embed_dim: int | None = None
     estimator_hidden: int = 64
+    noise_protocol: str = "redraw"
 
     def __post_init__(self) -> None:
+        if self.noise_protocol not in NOISE_PROTOCOLS:
+            raise ValueError(f"noise_protocol: expected one of {sorted(NOISE_PROTOCOLS)}, "
+                             f"got {self.noise_protocol!r}")
         self.noise_levels = tuple(float(v) for v in self.noise_levels)
         if not self.noise_levels or min(self.noise_levels) < 0:
             raise ValueError(f"noise_levels must be a non-empty tuple of values >= 0, got "
@@ -242,6 +297,21 @@ class UDML(Method):
             levels.append(used / std[m])
         return out, torch.stack(levels, dim=1)
 
+    @staticmethod
+    def inject_fixed_noise(inputs: Mapping[str, Tensor], names: Sequence[str],
+                           std: Mapping[str, float], levels: Tensor, seed: int
+                           ) -> dict[str, Tensor]:
+        """Inputs plus Gaussian noise of std level * std_m per sample (levels (B, M) fixed
+        per sample; the noise itself drawn with ``seed``, fresh every step)."""
+        gen = torch.Generator().manual_seed(int(seed))
+        out = dict(inputs)
+        for i, m in enumerate(names):
+            x = inputs[m]
+            noise = torch.randn(x.shape, generator=gen).to(device=x.device, dtype=x.dtype)
+            sigma = (levels[:, i] * std[m]).to(x.dtype).view(-1, *[1] * (x.dim() - 1))
+            out[m] = x + noise * sigma
+        return out
+
     def loss(self, noisy: bool, std: Mapping[str, float]):
         """The UDML loss on clean (``noisy=False``) or noise-injected batches."""
 
@@ -249,7 +319,10 @@ class UDML(Method):
                     ) -> tuple[Tensor, dict[str, float]]:
             names = getattr(module, "module", module).modalities
             inputs, mask, label = inputs_of(batch, names), batch["mask"], batch["label"]
-            if noisy:
+            if noisy and _LEVEL_KEY in batch:
+                levels = batch[_LEVEL_KEY].to(mask.device, torch.float32)
+                inputs = self.inject_fixed_noise(inputs, names, std, levels, info.seed)
+            elif noisy:
                 inputs, levels = self.inject_noise(inputs, names, std, info.seed)
             else:
                 levels = torch.zeros(mask.shape, device=mask.device)
@@ -277,13 +350,20 @@ class UDML(Method):
         name = self.registered_name
         phases = [(f"{name}_clean", clean, False, False), (f"{name}_noisy", fixed, True, False),
                   (f"{name}_dynamic", dynamic, True, True)]
+        noisy_train = train
+        if self.noise_protocol == "official":
+            table = fixed_noise_levels(dataset_size(train), len(model.modalities),
+                                       self.noise_levels, derive_seed(ctx.cfg.seed, 0x0D31))
+            noisy_train = {**train, _LEVEL_KEY: table}
         history = []
         for index, (stage_name, epochs, noisy, dynamic_weights) in enumerate(phases):
             if epochs == 0:
                 continue
             model.head.dynamic.fill_(dynamic_weights)
             history += run_stage(model, Stage(stage_name, epochs, self.loss(noisy, std)),
-                                 train, val, ctx, index)
+                                 noisy_train if noisy else train, val, ctx, index)
         model.head.dynamic.fill_(True)
         return FitResult(model, history, {"noise_unit_std": std,
-                                          "reliance": model.head.reliance.tolist()})
+                                          "reliance": model.head.reliance.tolist(),
+                                          "noise_protocol": NOISE_PROTOCOLS[self.noise_protocol],
+                                          "bias_correction": "from the first step"})

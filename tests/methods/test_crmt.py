@@ -8,6 +8,7 @@ from mmfast.methods.crmt import (
     CRMT,
     certified_radius_loss,
     margin_regularizer,
+    mix_margin_regularizer,
     unit_logit_table,
 )
 from mmfast.methods.lipschitz import (
@@ -72,6 +73,102 @@ def test_margin_regulariser_matches_the_formula_and_is_stable():
                           margin_regularizer(z[:, [0, 2]], y, mask[:, [0, 2]]), atol=1e-6)
 
 
+def _mix_formula(z, ya, yb, lam, mask):
+    """The official CRMT-Mix term written out in float64, one row at a time."""
+    out = []
+    for b in range(z.shape[0]):
+        total = torch.zeros((), dtype=torch.float64)
+        for m in range(z.shape[1]):
+            if not mask[b, m]:
+                continue
+            ref = lam * z[b, m, ya[b]] + (1 - lam) * z[b, m, yb[b]]
+            for k in range(z.shape[2]):
+                if k not in (int(ya[b]), int(yb[b])):
+                    total = total + torch.exp(z[b, m, k] - ref)
+        out.append(torch.log(total + 1e-5))
+    return torch.stack(out)
+
+
+def test_mix_margin_matches_the_official_formula_values_and_gradients():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(7, 3, 5, generator=gen, dtype=torch.float64)
+    ya = torch.tensor([0, 1, 2, 3, 4, 0, 2])
+    yb = torch.tensor([1, 1, 0, 4, 2, 3, 2])  # rows 1 and 6: the same label twice
+    mask = torch.ones(7, 3, dtype=torch.bool)
+    mask[2, 1] = mask[5, 0] = False
+    lam = 0.3
+    z1 = z.clone().float().requires_grad_(True)
+    z2 = z.clone().requires_grad_(True)
+    got = mix_margin_regularizer(z1, ya, yb, lam, mask)
+    want = _mix_formula(z2, ya, yb, lam, mask)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    got.sum().backward()
+    want.sum().backward()
+    torch.testing.assert_close(z1.grad.double(), z2.grad, atol=1e-5, rtol=1e-5)
+    # Neither mixed label is a rival: its gradient pushes it up (never down, as the old
+    # lam reg(y_a) + (1 - lam) reg(y_b) did with the other label).
+    rows = torch.arange(7)
+    assert (z1.grad[rows, :, ya][mask] <= 0).all() and (z1.grad[rows, :, yb][mask] <= 0).all()
+    # With y_a = y_b it is the plain margin term; it stays finite where exp overflows.
+    same = mix_margin_regularizer(z.float(), ya, ya, lam, mask)
+    torch.testing.assert_close(same, margin_regularizer(z.float(), ya, mask))
+    assert torch.isfinite(mix_margin_regularizer(z.float() * 1e4, ya, yb, lam, mask)).all()
+
+
+def test_mix_step_uses_the_official_margin_term(tiny_data, tiny_cfg, monkeypatch):
+    from mmfast.methods import crmt as crmt_module
+    from mmfast.train.engine import StepInfo
+
+    method = create_method("crmt_mix")
+    model = method.build_model(ModelSpec.from_data(tiny_data[0], tiny_cfg.widths,
+                                                   tiny_cfg.feature_dim))
+    batch = {k: v[:16] for k, v in tiny_data[0].items()}
+    calls = []
+    real = crmt_module.mix_margin_regularizer
+    monkeypatch.setattr(crmt_module, "margin_regularizer",
+                        lambda *a: pytest.fail("the mix step must not use the JT term"))
+    monkeypatch.setattr(crmt_module, "mix_margin_regularizer",
+                        lambda *a: calls.append(a) or real(*a))
+    _, metrics = method.step1_loss(model, batch, StepInfo("s", 0, 0, 3))
+    assert len(calls) == 1 and math.isfinite(metrics["margin_reg"])
+
+
+def test_step2_uses_the_official_sgd_on_the_integration_weights(trained):
+    import mmfast.train.engine as engine
+
+    model, stats = trained[0], trained[1]
+    assert stats["step2_optimizer"] == {"name": "sgd", "lr": 3e-5, "momentum": 0.9,
+                                        "weight_decay": 1e-2}
+    assert stats["certificate_bounds"] == {"empirical": "triangle",
+                                           "spectral": "exact_pairwise"}
+    # The stage fit builds gives the engine an SGD on a alone with those settings.
+    ctx = TrainContext(trained[3], DistContext())
+    stage = create_method("crmt").step2_stage(model, ctx)
+    opt = engine._make_optimizer(stage, list(stage.params), trained[3])
+    group = opt.param_groups[0]
+    assert isinstance(opt, torch.optim.SGD) and group["params"] == [model.head.integration]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (3e-5, 0.9, 1e-2)
+    with pytest.raises(ValueError, match="step2_optimizer"):
+        CRMT(step2_optimizer="lbfgs")
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+def test_at_pixel_clamp_is_an_option(tiny_data, tiny_cfg, clamp):
+    method = create_method("crmt_at", at_clamp=clamp, at_eps=0.5)
+    train = tiny_data[0]
+    model = method.build_model(ModelSpec.from_data(train, tiny_cfg.widths,
+                                                   tiny_cfg.feature_dim)).eval()
+    names = model.modalities
+    n = 16
+    inputs = {m: train[m][:n].clone() for m in names}
+    inputs["video"] = torch.ones_like(inputs["video"])  # at the top of the pixel range
+    mask = torch.ones(n, len(names), dtype=torch.bool)
+    adv = method._adversarial(model, inputs, mask, train["label"][:n])
+    moved = float((adv["video"] - inputs["video"]).abs().max())
+    assert moved > 0  # the attack did perturb the video
+    assert bool((adv["video"] <= 1.0).all()) is clamp  # official: no clamp
+
+
 def test_step2_changes_only_integration_weights_and_raises_the_bound(trained, tiny_data_module):
     model, stats, run, cfg = trained
     assert stats["epochs"] == {"crmt_step1": 2, "crmt_step2": 5}
@@ -109,6 +206,42 @@ def test_spectral_bound_dominates_empirical_and_actual_ratios(trained, tiny_data
     assert (pair_table(spectral, model.head.integration) >=
             pair_table(empirical, model.head.integration)).all()
     check_lipschitz_bounds_actual_ratios(model, tiny_data_module[0])
+
+
+def test_sound_table_is_the_exact_pairwise_bound(trained):
+    model = trained[0].eval()
+    a = model.head.integration.detach()
+    lip = model.lipschitz["spectral"]
+    assert model.lipschitz_bounds == {"empirical": "triangle", "spectral": "exact_pairwise"}
+    for i, name in enumerate(model.modalities):
+        bound = encoder_lipschitz_bound(model.encoders[name], model.input_shapes[name])
+        rows = a[i].unsqueeze(1) * model.head.normalized_weight(i).detach()
+        want = bound * torch.cdist(rows.double(), rows.double())
+        torch.testing.assert_close(lip[i].double(), want, rtol=1e-3, atol=1e-6)
+    # Never looser than the triangle form on the same constants, and strictly tighter for
+    # some pairs: the triangle form understated CRMT's radius against the joint model's.
+    triangle = pair_table(model.tau("spectral"), a)
+    off = ~torch.eye(model.num_classes, dtype=torch.bool)
+    assert (lip <= triangle * (1 + 1e-6)).all()
+    assert float((triangle[:, off] / lip[:, off]).max()) > 1.05
+    # Step 2 can optimise the radius on it: finite gradients in a (also at the diagonal).
+    a_var = model.head.integration.detach().clone().requires_grad_(True)
+    model.lip_table("spectral", a_var).sum().backward()
+    assert torch.isfinite(a_var.grad).all() and a_var.grad.abs().sum() > 0
+
+
+def test_certification_records_which_bound_each_table_uses(trained, tiny_data_module):
+    from mmfast.eval.certify import certify
+    from mmfast.eval.common import EvalConfig
+
+    model = trained[0].eval()
+    cfg = EvalConfig(device="cpu", batch_size=64, certify_radii=(0.0, 0.1),
+                     certify_check_eps=(0.5,), attack_samples=8)
+    result = certify(model, tiny_data_module[1], cfg)
+    entries = result["estimators"]
+    assert entries["spectral"]["bound"]["pairing"] == "exact_pairwise"
+    assert entries["empirical"]["bound"]["pairing"] == "triangle"
+    assert "||a_y W_y^(m) - a_k W_k^(m)||" in entries["spectral"]["bound"]["formula"]
 
 
 def test_certified_radius_is_respected_by_perturbations(trained, tiny_data_module):

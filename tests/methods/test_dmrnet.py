@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmfast import ops
 from mmfast.methods import create_method
 from mmfast.methods.base import ModelSpec
 from mmfast.methods.common import gaussian_kl, sample_uniform_subsets, subset_ids
@@ -58,19 +59,27 @@ def test_uniform_subset_dropout():
     assert counts[3:].sum() == 0
 
 
-def test_hard_combination_is_the_largest_mean_variance(tiny_data, tiny_cfg):
+def test_hard_combination_is_the_uni_modal_one_with_the_largest_mean_variance(tiny_data,
+                                                                            tiny_cfg):
     train, _ = tiny_data
     _, model = _model(train, tiny_cfg)
     head = model.head
     head.reset_variance()
-    combos = torch.tensor([0, 0, 3, 3, 6, 6, -1])
-    logvar = torch.log(torch.tensor([1.0, 3.0, 2.5, 2.5, 1.0, 2.0, 99.0])).unsqueeze(1)
+    # rows of all_subsets: 0 {video}, 1 {audio}, 2 {video, audio}, 3 {image}, 6 all three
+    combos = torch.tensor([0, 0, 3, 3, 6, 6, 2, -1])
+    logvar = torch.log(torch.tensor([1.0, 3.0, 2.5, 2.5, 9.0, 7.0, 4.0, 99.0])).unsqueeze(1)
     head.record_variance(combos, logvar.expand(-1, 4))
     means = head.mean_variance()
-    torch.testing.assert_close(means[[0, 3, 6]], torch.tensor([2.0, 2.5, 1.5],
-                                                              dtype=torch.float64))
-    assert torch.isnan(means[[1, 2, 4, 5]]).all()  # never seen; the empty row is ignored
+    torch.testing.assert_close(means[[0, 2, 3, 6]], torch.tensor([2.0, 4.0, 2.5, 8.0],
+                                                                 dtype=torch.float64))
+    assert torch.isnan(means[[1, 4, 5]]).all()  # never seen; the empty row is ignored
+    # The full set (8.0) and the pair (4.0) have larger variances, but only the uni-modal
+    # combinations compete (the official audio-visual code): {image} (2.5) wins.
     assert head.select_hard_combination() == 3 == int(head.hard_combination)
+    head.reset_variance()
+    head.record_variance(torch.tensor([6, 2]), torch.zeros(2, 4))
+    with pytest.raises(RuntimeError, match="uni-modal"):
+        head.select_hard_combination()
 
 
 def test_hard_regularizer_weights_only_the_hard_combination(tiny_data, tiny_cfg):
@@ -115,7 +124,9 @@ def test_fit_picks_the_hard_combination_and_round_trips(tmp_path, tiny_data, tin
     train, val = tiny_data
     model, stats = fit_method("dmrnet", train, val, tiny_cfg, tmp_path)
     head = model.head
-    assert int(head.hard_combination) == int(head.mean_variance().nan_to_num(-1.0).argmax())
+    single = ops.all_subsets(3).sum(1) == 1
+    mean = head.mean_variance().nan_to_num(-1.0).masked_fill(~single, -1.0)
+    assert int(head.hard_combination) == int(mean.argmax())
     assert stats["hard_combination"] in stats["mean_variance"]
     assert stats["epochs"] == {"dmrnet": 2}  # one stage: mining epoch, then hard epoch
     loaded = load_model(tmp_path)

@@ -43,3 +43,15 @@ def test_spectral_bound_is_sound(trained):
 def test_certified_radius_is_respected(trained):
     model, (train, _), _ = trained
     check_radius_respected(model, train)
+
+
+def test_sound_table_is_exact_pairwise_and_recorded(trained):
+    from mmfast.methods.lipschitz import encoder_lipschitz_bound
+
+    model, _, _ = trained
+    assert model.lipschitz_bounds["spectral"] == "exact_pairwise"
+    for i, name in enumerate(model.modalities):
+        bound = encoder_lipschitz_bound(model.encoders[name], model.input_shapes[name])
+        w = model.head.weight_block(i).detach().double()
+        torch.testing.assert_close(model.lipschitz["spectral"][i].double(),
+                                   bound * torch.cdist(w, w), rtol=1e-3, atol=1e-6)

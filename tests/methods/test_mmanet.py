@@ -9,7 +9,12 @@ import torch.nn.functional as F
 
 from mmfast.methods import create_method, mmanet
 from mmfast.methods.base import ModelSpec
-from mmfast.methods.mmanet import mad_loss, teacher_entropy_weights, weak_set
+from mmfast.methods.mmanet import (
+    candidate_combinations,
+    mad_loss,
+    teacher_entropy_weights,
+    weak_set,
+)
 from mmfast.train.api import fit_method
 from mmfast.train.distributed import setup
 from mmfast.train.engine import TrainContext
@@ -53,6 +58,20 @@ def test_weak_set_adds_single_modality_members():
     divergence[4] = 1.0  # row 4 = bitmask 5 = {video, image}
     weak = weak_set(divergence, 3)
     assert weak.nonzero().flatten().tolist() == [0, 3, 4]  # {video}, {image}, {video, image}
+
+
+def test_only_pairs_compete_by_default_as_the_official_code():
+    # rows: 0 {video}, 1 {audio}, 2 {video, audio}, 3 {image}, 4 {video, image},
+    # 5 {audio, image}, 6 all three
+    divergence = torch.tensor([5.0, 0.0, 0.5, 0.0, 0.0, 1.0, 9.0], dtype=torch.float64)
+    assert candidate_combinations(3, "one_missing").nonzero().flatten().tolist() == [2, 4, 5]
+    # The single {video} and the full set have larger D_c, but only pairs compete:
+    # c* = {audio, image}, plus its single-modality members.
+    assert weak_set(divergence, 3).nonzero().flatten().tolist() == [1, 3, 5]
+    # "all": every combination but the full set competes ({video} wins, no members).
+    assert weak_set(divergence, 3, "all").nonzero().flatten().tolist() == [0]
+    with pytest.raises(ValueError, match="mar_candidates"):
+        create_method("mmanet", mar_candidates="some")
 
 
 def test_teacher_stays_frozen_while_the_student_trains(tiny_data, tiny_cfg):
