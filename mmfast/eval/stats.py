@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = ["CONFIDENCE", "RULE", "STATUSES", "Paired", "mean_sd", "format_mean_sd",
-           "t_critical", "paired_verdict"]
+           "t_critical", "paired_verdict", "MeanSD", "aggregate_seeds"]
 
 #: One-sided confidence of the verdict rule.
 CONFIDENCE = 0.95
@@ -140,3 +140,55 @@ def paired_verdict(method: Mapping[int, float | None], rival: Mapping[int, float
 
 def _finite(x) -> bool:
     return x is not None and isinstance(x, int | float) and math.isfinite(float(x))
+
+
+class MeanSD(float):
+    """A float (the mean over seeds) that prints as "mean +- sd" when it has several values.
+
+    The report's tables format numbers with ``f"{x:.3f}"``; a MeanSD there shows
+    "0.812 +- 0.021", and plots that read it as a float get the mean.
+    """
+
+    def __new__(cls, values: Sequence[float]):
+        mean, sd = mean_sd(values)
+        obj = super().__new__(cls, mean)
+        obj.sd = sd
+        obj.n = sum(1 for v in values if _finite(v))
+        return obj
+
+    def __format__(self, spec: str) -> str:
+        text = float.__format__(float(self), spec)
+        if self.n > 1 and spec:
+            text += " +- " + float.__format__(self.sd, spec)
+        return text
+
+    def __str__(self) -> str:
+        return self.__format__(".3f" if self.n > 1 else "")
+
+    __repr__ = __str__
+
+
+def aggregate_seeds(values: Sequence):
+    """One JSON-like value of several seeds' results.
+
+    Numbers become :class:`MeanSD` (numbers every seed agrees on, such as sweep levels, stay
+    as they are); lists of equal length and dicts are combined element-wise (keys of the
+    first); anything else is the first seed's. A single value is returned as is.
+    """
+    if len(values) == 1:
+        return values[0]
+    first = values[0]
+    if isinstance(first, bool) or first is None or isinstance(first, str):
+        return first
+    if isinstance(first, int | float):
+        nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(nums) == len(values) and len(set(nums)) == 1:
+            return first  # sweep levels, counts, a value every seed agrees on
+        return MeanSD(nums)
+    if isinstance(first, Mapping):
+        same = [v for v in values if isinstance(v, Mapping)]
+        return {k: aggregate_seeds([v[k] for v in same if k in v]) for k in first}
+    if isinstance(first, list):
+        same = [v for v in values if isinstance(v, list) and len(v) == len(first)]
+        return [aggregate_seeds([v[i] for v in same]) for i in range(len(first))]
+    return first
