@@ -61,16 +61,21 @@ def main(argv: list[str] | None = None) -> int:
             model, _ = fit_method(name, splits["train"], splits["val"], cfg, run)
             train_cpu, train_wall = time.process_time() - cpu, time.perf_counter() - wall
             eval_cpu = eval_wall = 0.0
+            shares = {}
             if not args.no_eval:
                 cpu, wall = time.process_time(), time.perf_counter()
-                evaluate_run(run, model, splits["test"], eval_cfg, method=name)
+                path = evaluate_run(run, model, splits["test"], eval_cfg, method=name)
                 eval_cpu, eval_wall = time.process_time() - cpu, time.perf_counter() - wall
+                timings = json.loads(path.read_text())["timings_s"]  # wall, per protocol
+                shares = {k: round(v / max(sum(timings.values()), 1e-9), 3)
+                          for k, v in timings.items()}
             estimate = train_cpu * scale + eval_cpu
             total += estimate
             print(json.dumps({"method": name, "epochs": args.epochs, "train_cpu_s":
                               round(train_cpu, 1), "train_wall_s": round(train_wall, 1),
                               "eval_cpu_s": round(eval_cpu, 1), "eval_wall_s": round(eval_wall, 1),
-                              "estimate_per_seed_s": round(estimate, 1)}), flush=True)
+                              "estimate_per_seed_s": round(estimate, 1),
+                              "eval_wall_share": shares}), flush=True)
     print(json.dumps({"methods": args.methods, "seeds": args.seeds, "target_epochs":
                       args.target_epochs, "estimate_total_s": round(total * args.seeds, 1),
                       "estimate_total_min": round(total * args.seeds / 60, 1)}), flush=True)
