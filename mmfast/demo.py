@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DemoPreset", "DEMO_PRESETS", "DEFAULT_METHODS", "resolve_methods", "run_demo",
-           "register"]
+           "seed_runs", "register"]
 
 #: The methods of the main job (issue 6); ``--methods all`` adds every registered method.
 DEFAULT_METHODS = ("joint", "late", "ume_mma", "crmt")
@@ -65,10 +65,13 @@ def resolve_methods(methods: Sequence[str]) -> list[str]:
 def run_demo(out: str | os.PathLike, preset: str = "small",
              methods: Sequence[str] = DEFAULT_METHODS, data_dir: str | os.PathLike | None = None,
              device: str = "auto", eval_cfg=None, train_overrides: dict | None = None,
-             log: Callable[[str], None] = print, force: bool = False) -> Path:
+             log: Callable[[str], None] = print, force: bool = False,
+             seeds: int = 1) -> Path:
     """Run the whole job into ``out`` (data/, runs/<method>/, provenance.json, report.md +
     PNGs); returns the report path. A run of ``out`` trained with another config is an error
-    unless ``force`` (see ``mmfast.train.fit_method``)."""
+    unless ``force`` (see ``mmfast.train.fit_method``). ``seeds`` > 1 trains every method
+    that many times (seeds TrainConfig.seed + 0, 1, ...; runs/<method>/seed<k>/) for the
+    report's mean +- sd and the claims' verdicts; one seed gives only indicative claims."""
     from mmfast.eval.common import EvalConfig
     from mmfast.eval.protocols import evaluate_run
     from mmfast.eval.report import write_report
@@ -92,18 +95,36 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
         eval_cfg = dataclasses.replace(eval_cfg, clamp=default_clamp())
     run_dirs = []
     provenance = _write_provenance(out, preset, names, dataset, train_cfg, eval_cfg)
-    for name in names:
-        run_dir = out / "runs" / name
-        model, stats = fit_method(name, splits["train"], splits["val"], train_cfg, run_dir,
+    for seed, name, run_dir in seed_runs(out / "runs", names, seeds, train_cfg.seed):
+        cfg = dataclasses.replace(train_cfg, seed=seed)
+        model, stats = fit_method(name, splits["train"], splits["val"], cfg, run_dir,
                                   force=force, provenance=provenance)
-        clock.step(f"trained {name} ({stats['num_parameters']:,} parameters, "
-                   f"{stats['train_time_s']:.0f} s)")
+        clock.step(f"trained {name}{_seed_label(seed, seeds)} ({stats['num_parameters']:,} "
+                   f"parameters, {stats['train_time_s']:.0f} s)")
         evaluate_run(run_dir, model, splits["test"], eval_cfg, method=name)
-        clock.step(f"evaluated {name}")
+        clock.step(f"evaluated {name}{_seed_label(seed, seeds)}")
         run_dirs.append(run_dir)
     report = write_report(run_dirs, out)
     clock.step(f"report: {report}")
     return report
+
+
+def seed_runs(root: Path, names: Sequence[str], seeds: int, base_seed: int = 0
+              ) -> list[tuple[int, str, Path]]:
+    """(seed, method, run folder) of every training, seed-major (every method of the first
+    seed before any of the second: a job stopped early still has complete seeds).
+
+    One seed keeps the folder ``root/<method>``; several use ``root/<method>/seed<k>``.
+    """
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds: expected an integer >= 1, got {seeds!r}")
+    return [(base_seed + k, name,
+             root / name if seeds == 1 else root / name / f"seed{base_seed + k}")
+            for k in range(seeds) for name in names]
+
+
+def _seed_label(seed: int, seeds: int) -> str:
+    return "" if seeds == 1 else f" seed {seed}"
 
 
 class _Clock:
@@ -183,6 +204,9 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true",
                    help="retrain runs in OUT that were trained with a different config "
                    "(without it that is an error)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train every method N times (seeds 0..N-1): tables show mean +- sd "
+                   "and claims get verdicts (default 1: claims only indicative)")
     add_eval_arguments(p)
     p.set_defaults(func=_run, eval_preset=None)
 
@@ -196,6 +220,7 @@ def _run(args: argparse.Namespace) -> int:
         args.eval_preset = preset.eval_preset
     device = str(TrainConfig(device=args.device).resolved_device())
     report = run_demo(args.out, args.preset, args.methods, args.data, args.device,
-                      eval_config_from_args(args, device), force=args.force)
+                      eval_config_from_args(args, device), force=args.force,
+                      seeds=args.seeds)
     print(f"report: {report}")
     return 0

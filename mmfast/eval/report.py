@@ -21,8 +21,9 @@ from mmfast.eval.report_facts import (
     meaning_section,
     provenance_section,
 )
+from mmfast.eval.stats import RULE, aggregate_seeds
 
-__all__ = ["write_report", "load_run"]
+__all__ = ["write_report", "load_run", "group_runs", "run_seed"]
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[str, dict, dict]:
@@ -46,20 +47,15 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     run_dirs = expand_run_dirs(run_dirs, out)  # demo folders stand for their runs
     if not run_dirs:
         raise ValueError("run_dirs: no run folder among the given paths (only reports)")
-    results: dict[str, dict] = {}
-    stats: dict[str, dict] = {}
-    for run_dir in run_dirs:
-        method, res, st = load_run(run_dir)
-        name, k = method, 2
-        while name in results:  # two runs of one method stay apart
-            name, k = f"{method}#{k}", k + 1
-        results[name], stats[name] = res, st
+    groups = group_runs(run_dirs)
+    results, stats = _seed_means(groups)
     figures = _figures(results, out)
     lines = ["# mmfast robustness report", ""]
     lines += _overview(results, stats)
     lines += meaning_section(results, stats)
     lines += data_problems_section(results, stats)
-    lines += _claims(results)
+    lines += _seeds_section(groups)
+    lines += _claims({m: {s: res for s, (res, _) in g.items()} for m, g in groups.items()})
     lines += _subsets_section(results, figures)
     lines += _missing_rate_section(results, figures)
     lines += _noise_section(results, figures)
@@ -134,11 +130,72 @@ def _count(x) -> str:
     return f"{x:,}" if isinstance(x, int) else "n/a"
 
 
-def _claims(results) -> list[str]:
-    rows = [[c.source, c.statement, f"**{v.status}**", v.evidence]
-            for c, v in check_claims(results)]
-    return ["## Claims checked on this data", ""] + _table(
-        ["paper", "claim", "verdict", "numbers"], rows)
+# ------------------------------------------------------------------------ seeds, claims
+def run_seed(stats: Mapping) -> int | None:
+    """The training seed of a run (train_stats.json's config), None when it does not say."""
+    seed = (stats.get("config") or {}).get("seed") if isinstance(stats, Mapping) else None
+    return int(seed) if isinstance(seed, int | float) and not isinstance(seed, bool) else None
+
+
+def group_runs(run_dirs: Sequence[str | os.PathLike]
+               ) -> dict[str, dict[int, tuple[dict, dict]]]:
+    """``{method: {seed: (eval results, train stats)}}`` of the run folders.
+
+    Runs of one method are grouped by their training seed (train_stats.json's config.seed);
+    a run without one takes the first seed its method does not have yet (0, 1, ...). A second
+    run of the same method and seed is a repeat, not a new seed: it is kept apart as
+    ``method#2`` (its own group) so that it neither replaces nor double-counts the first.
+    """
+    groups: dict[str, dict[int, tuple[dict, dict]]] = {}
+    for run_dir in run_dirs:
+        method, res, st = load_run(run_dir)
+        seed = run_seed(st)
+        name, k = method, 2
+        while seed is not None and seed in groups.get(name, {}):
+            name, k = f"{method}#{k}", k + 1
+        group = groups.setdefault(name, {})
+        if seed is None:
+            seed = next(i for i in range(len(group) + 1) if i not in group)
+        group[seed] = (res, st)
+    return {m: dict(sorted(g.items())) for m, g in groups.items()}
+
+
+def _seed_means(groups) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Per method, its runs' results and stats combined over seeds (numbers: mean +- sd)."""
+    results = {m: aggregate_seeds([res for res, _ in g.values()]) for m, g in groups.items()}
+    stats = {m: aggregate_seeds([st for _, st in g.values()]) for m, g in groups.items()}
+    return results, stats
+
+
+def _seeds_section(groups) -> list[str]:
+    counts = {len(g) for g in groups.values()}
+    seeds = ", ".join(f"{m} {list(g)}" for m, g in groups.items())
+    if counts == {1}:
+        note = ("One seed per method: every number is a single training run and every claim "
+                "verdict below is only **indicative** (run `mmfast demo --seeds 3`, or "
+                "`mmfast report` over several seeds' runs, for verdicts).")
+    else:
+        note = ("Every number is the mean +- standard deviation over the seeds (sample "
+                "standard deviation; a number without +- is the same in every run).")
+    return ["## Seeds", "", f"Training seeds per method: {seeds}.", "", note, ""]
+
+
+def _claims(runs) -> list[str]:
+    rows = []
+    for row in check_claims(runs):
+        c, v = row.claim, row.verdict
+        rival = c.rival if c.matched else f"{c.rival} (baseline)"
+        rows.append([c.source, c.statement, rival, row.metric, f"**{v.status}**", v.evidence,
+                     c.cite, c.effect])
+    return (["## Claims checked on this data", "", RULE, "",
+             "Each claim's rival is matched (`mmfast/methods/rivals.py`): it shares the "
+             "method's dropout, noise, attack or mixup and lacks its mechanism; rows marked "
+             "(baseline) compare with the earlier, unmatched baselines. Robustness rows come "
+             "twice: the accuracy and its drop from clean. The certified accuracy has one row "
+             "per radius.", ""]
+            + _table(["paper", "claim", "rival", "metric", "verdict", "numbers (method vs "
+                      "rival, mean +- sd over seeds)", "where the paper states it",
+                      "paper's effect size"], rows))
 
 
 def _subsets_section(results, figures) -> list[str]:

@@ -13,7 +13,9 @@ def register(subparsers) -> None:
         description="Read each RUN folder's eval.json and train_stats.json and write "
         "OUT/report.md with plots per protocol (methods side by side), each method's "
         "training time, peak memory and parameter count, and the papers' claims marked "
-        "holds / does not hold with the numbers.")
+        "holds / within noise / does not hold with the numbers. Runs of one method with "
+        "different training seeds are grouped (mean +- sd; claims paired by seed); one seed "
+        "per method gives only indicative claims.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders holding eval.json")
     p.add_argument("--out", default="report", metavar="DIR", help="output folder (default: report)")
     p.set_defaults(func=_run)

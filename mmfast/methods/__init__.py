@@ -44,6 +44,7 @@ def _load_builtin() -> None:
         joint,
         late,
         mmanet,
+        rivals,
         trml,
         udml,
         ume_mma,

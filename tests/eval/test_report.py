@@ -59,27 +59,16 @@ def test_report_writes_markdown_pngs_and_claims(runs, tmp_path):
     assert "## Claims checked on this data" in text
     claim_rows = [line for line in text.splitlines() if line.startswith("| UME-MMA")
                   or line.startswith("| CRMT")]
-    assert len(claim_rows) == 7
-    assert all(("**holds**" in r or "**does not hold**" in r or "**not evaluated**" in r)
-               for r in claim_rows)
+    assert len(claim_rows) == sum(r.claim.source in ("UME-MMA", "CRMT")
+                                  for r in check_claims(_results(runs)))
+    # one seed per method: no verdict beyond "indicative" (tests/eval/test_claims.py: seeds)
+    assert all(("**indicative**" in r or "**not evaluated**" in r) for r in claim_rows)
     assert "not evaluated" in text  # joint offers no certificate in this fixture
     assert "## (e) Certification" in text and "sound" in text
 
 
-def test_claim_verdicts_follow_the_numbers(runs):
-    results = {r.name: json.loads((r / "eval.json").read_text()) for r in runs}
-    verdicts = {c.statement: v for c, v in check_claims(results)}
-    clean = verdicts["CRMT improves clean accuracy over joint training"]
-    a, b = results["crmt"]["clean_accuracy"], results["joint"]["clean_accuracy"]
-    assert clean.status == ("holds" if a > b else "does not hold")
-    assert f"{a:.3f}" in clean.evidence and f"{b:.3f}" in clean.evidence
-    results["crmt"]["clean_accuracy"], results["joint"]["clean_accuracy"] = 0.9, 0.5
-    verdicts = {c.statement: v for c, v in check_claims(results)}
-    assert verdicts["CRMT improves clean accuracy over joint training"].status == "holds"
-    del results["ume_mma"]
-    verdicts = {c.statement: v for c, v in check_claims(results)}
-    missing = verdicts["UME-MMA beats joint training when a modality is missing"]
-    assert missing.status == "not evaluated" and "ume_mma" in missing.evidence
+def _results(runs):
+    return {r.name: json.loads((r / "eval.json").read_text()) for r in runs}
 
 
 def test_report_rejects_a_folder_without_results(tmp_path):
@@ -95,21 +84,3 @@ def test_report_verb_writes_the_report(runs, tmp_path, capsys):
     assert cli.main(["report", *map(str, runs), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.md").is_file()
     assert "report.md" in capsys.readouterr().out
-
-
-def test_noise_and_privileged_modality_claims_follow_the_numbers():
-    from mmfast.eval.claims import missing_claim, noise_claim
-
-    subsets = ["video", "audio", "video+audio"]
-    results = {
-        "a": {"missing_subsets": {"subsets": subsets, "accuracy": [0.1, 0.9, 1.0]},
-              "noise": {"gaussian": {"sigmas": [0, 1], "accuracy": {"video": [0.2, 0.8]}}}},
-        "b": {"missing_subsets": {"subsets": subsets, "accuracy": [0.6, 0.5, 1.0]},
-              "noise": {"gaussian": {"sigmas": [0, 1], "accuracy": {"video": [1.0, 0.4]}}}},
-    }
-    assert missing_claim("a", "b")(results).status == "does not hold"  # 0.50 vs 0.55
-    only_audio = missing_claim("a", "b", without="video")(results)  # 0.9 vs 0.5
-    assert only_audio.status == "holds" and "without video" in only_audio.evidence
-    noisy = noise_claim("a", "b")(results)  # sigma 0 ignored: 0.8 vs 0.4
-    assert noisy.status == "holds" and "0.800" in noisy.evidence
-    assert noise_claim("a", "c")(results).status == "not evaluated"
