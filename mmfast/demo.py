@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmfast import progress as _progress
+
 __all__ = ["DemoPreset", "DEMO_PRESETS", "DEFAULT_METHODS", "resolve_methods", "run_demo",
            "register"]
 
@@ -88,6 +90,7 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
     splits = _load_splits(data_root, clock)
     train_cfg = TrainConfig.preset(spec.train_preset, device=device, progress=False,
                                    **{**spec.train, **(train_overrides or {})})
+    train_cfg = dataclasses.replace(train_cfg, progress=_progress.enabled())  # per-epoch bars
     eval_device = str(train_cfg.resolved_device())
     eval_cfg = eval_cfg or EvalConfig.preset(spec.eval_preset, device=eval_device)
     if eval_cfg.clamp is None:
@@ -98,7 +101,8 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
         model, stats = fit_method(name, splits["train"], splits["val"], train_cfg, run_dir)
         clock.step(f"trained {name} ({stats['num_parameters']:,} parameters, "
                    f"{stats['train_time_s']:.0f} s)")
-        evaluate_run(run_dir, model, splits["test"], eval_cfg, method=name)
+        evaluate_run(run_dir, model, splits["test"], eval_cfg, method=name,
+                     log=_progress.protocol_log(_protocol_count(eval_cfg), f"eval {name}"))
         clock.step(f"evaluated {name}")
         run_dirs.append(run_dir)
     report = write_report(run_dirs, out)
@@ -125,7 +129,8 @@ def _ensure_data(root: Path, spec: DemoPreset, clock: _Clock) -> None:
         return
     from mmfast.data.avdigits import AVDigitsConfig, make_avdigits
 
-    make_avdigits(root, AVDigitsConfig(**spec.data), workers=spec.data_workers)
+    make_avdigits(root, AVDigitsConfig(**spec.data), workers=spec.data_workers,
+                  progress=_progress.counter("avdigits", unit="sample"))
     clock.step(f"data: generated avdigits in {root}")
 
 
@@ -138,7 +143,15 @@ def _load_splits(root: Path, clock: _Clock) -> dict:
     return splits
 
 
+def _protocol_count(eval_cfg) -> int:
+    """How many protocols ``evaluate_run`` will run under ``eval_cfg`` (for its bar)."""
+    from mmfast.eval.common import list_protocols
+
+    return len(eval_cfg.protocols if eval_cfg.protocols is not None else list_protocols())
+
+
 def register(subparsers) -> None:
+    from mmfast.cli_args import output_folder
     from mmfast.eval.cli import add_eval_arguments
 
     p = subparsers.add_parser(
@@ -146,7 +159,7 @@ def register(subparsers) -> None:
         description="Generate the built-in avdigits data, train each method, run every "
         "evaluation protocol and write OUT/report.md with its PNG plots. The small preset "
         "(default) takes at most 15 minutes on 2 CPU cores.")
-    p.add_argument("--out", default="runs/demo", metavar="DIR",
+    p.add_argument("--out", default="runs/demo", metavar="DIR", type=output_folder,
                    help="output folder (default: runs/demo)")
     p.add_argument("--preset", default="small", choices=sorted(DEMO_PRESETS),
                    help="small: 2 CPU cores, <= 15 min; long: small with twice the epochs; "
@@ -154,7 +167,7 @@ def register(subparsers) -> None:
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="NAME",
                    help=f"methods to train ('all' = every registered method; default: "
                    f"{' '.join(DEFAULT_METHODS)})")
-    p.add_argument("--data", default=None, metavar="DIR",
+    p.add_argument("--data", default=None, metavar="DIR", type=output_folder,
                    help="existing or target dataset folder (default: OUT/data)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
     add_eval_arguments(p)
