@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmfast import progress as _progress
+
 __all__ = ["DemoPreset", "DEMO_PRESETS", "DEFAULT_METHODS", "resolve_methods", "run_demo",
            "seed_runs", "register"]
 
@@ -88,20 +90,22 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
     splits, dataset = _load_splits(data_root, clock)
     train_cfg = TrainConfig.preset(spec.train_preset, device=device, progress=False,
                                    **{**spec.train, **(train_overrides or {})})
+    train_cfg = dataclasses.replace(train_cfg, progress=_progress.enabled())  # per-epoch bars
     eval_device = str(train_cfg.resolved_device())
     eval_cfg = eval_cfg or EvalConfig.preset(spec.eval_preset, device=eval_device)
     if eval_cfg.clamp is None:
         from mmfast.eval.adversarial import default_clamp
         eval_cfg = dataclasses.replace(eval_cfg, clamp=default_clamp())
     run_dirs = []
-    provenance = _write_provenance(out, preset, names, dataset, train_cfg, eval_cfg)
+    provenance = _write_provenance(out, preset, names, dataset, train_cfg, eval_cfg, seeds)
     for seed, name, run_dir in seed_runs(out / "runs", names, seeds, train_cfg.seed):
         cfg = dataclasses.replace(train_cfg, seed=seed)
         model, stats = fit_method(name, splits["train"], splits["val"], cfg, run_dir,
                                   force=force, provenance=provenance)
         clock.step(f"trained {name}{_seed_label(seed, seeds)} ({stats['num_parameters']:,} "
                    f"parameters, {stats['train_time_s']:.0f} s)")
-        evaluate_run(run_dir, model, splits["test"], eval_cfg, method=name)
+        evaluate_run(run_dir, model, splits["test"], eval_cfg, method=name,
+                     log=_progress.protocol_log(_protocol_count(eval_cfg), f"eval {name}"))
         clock.step(f"evaluated {name}{_seed_label(seed, seeds)}")
         run_dirs.append(run_dir)
     report = write_report(run_dirs, out)
@@ -146,7 +150,8 @@ def _ensure_data(root: Path, spec: DemoPreset, clock: _Clock) -> None:
         return
     from mmfast.data.avdigits import AVDigitsConfig, make_avdigits
 
-    make_avdigits(root, AVDigitsConfig(**spec.data), workers=spec.data_workers)
+    make_avdigits(root, AVDigitsConfig(**spec.data), workers=spec.data_workers,
+                  progress=_progress.counter("avdigits", unit="sample"))
     clock.step(f"data: generated avdigits in {root}")
 
 
@@ -169,20 +174,29 @@ PROVENANCE_FILE = "provenance.json"
 
 
 def _write_provenance(out: Path, preset: str, methods: Sequence[str], dataset: dict,
-                      train_cfg, eval_cfg) -> dict:
+                      train_cfg, eval_cfg, seeds: int = 1) -> dict:
     """Write OUT/provenance.json (command, versions, device, date, dataset, seeds, preset,
     configs) and return the part each run's train_stats.json repeats."""
     from mmfast.eval.common import write_json_atomic
     from mmfast.train.provenance import environment
 
-    run_facts = {"dataset": dataset, "preset": preset, "seeds": [train_cfg.seed]}
+    run_facts = {"dataset": dataset, "preset": preset,
+                 "seeds": [train_cfg.seed + k for k in range(seeds)]}
     write_json_atomic(out / PROVENANCE_FILE, {
         **environment(train_cfg.resolved_device()), **run_facts, "methods": list(methods),
         "train_config": train_cfg.to_dict(), "eval_config": eval_cfg.to_dict()})
     return run_facts
 
 
+def _protocol_count(eval_cfg) -> int:
+    """How many protocols ``evaluate_run`` will run under ``eval_cfg`` (for its bar)."""
+    from mmfast.eval.common import list_protocols
+
+    return len(eval_cfg.protocols if eval_cfg.protocols is not None else list_protocols())
+
+
 def register(subparsers) -> None:
+    from mmfast.cli_args import output_folder
     from mmfast.eval.cli import add_eval_arguments
 
     p = subparsers.add_parser(
@@ -190,7 +204,7 @@ def register(subparsers) -> None:
         description="Generate the built-in avdigits data, train each method, run every "
         "evaluation protocol and write OUT/report.md with its PNG plots. The small preset "
         "(default) takes at most 15 minutes on 2 CPU cores.")
-    p.add_argument("--out", default="runs/demo", metavar="DIR",
+    p.add_argument("--out", default="runs/demo", metavar="DIR", type=output_folder,
                    help="output folder (default: runs/demo)")
     p.add_argument("--preset", default="small", choices=sorted(DEMO_PRESETS),
                    help="small: 2 CPU cores, <= 15 min; long: small with twice the epochs; "
@@ -198,7 +212,7 @@ def register(subparsers) -> None:
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="NAME",
                    help=f"methods to train ('all' = every registered method; default: "
                    f"{' '.join(DEFAULT_METHODS)})")
-    p.add_argument("--data", default=None, metavar="DIR",
+    p.add_argument("--data", default=None, metavar="DIR", type=output_folder,
                    help="existing or target dataset folder (default: OUT/data)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
     p.add_argument("--force", action="store_true",

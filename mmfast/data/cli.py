@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 
+from mmfast.cli_args import existing_folder, output_folder
 from mmfast.nn.model import MODALITIES
 
 
@@ -118,7 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "noise, and a PNG of another handwritten sample, with train/val/test "
                     "splits in manifest.csv. Deterministic for a given seed.")
     make.add_argument("dataset", choices=["avdigits"], help="which dataset")
-    make.add_argument("--out", required=True, help="output folder")
+    make.add_argument("--out", required=True, type=output_folder, help="output folder")
     make.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     make.add_argument("--num-per-class", type=int, default=100,
                       help="samples per digit over all splits, cut 60/20/20 (default 100)")
@@ -135,8 +136,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Build manifest.csv (+ info.json) for a real dataset laid out as its "
                     "distribution ships it; files stay where they are. See docs/data.md.")
     adapt.add_argument("dataset", choices=["avmnist", "crema-d", "kinetics-sounds"])
-    adapt.add_argument("--src", required=True, help="the dataset's root folder")
-    adapt.add_argument("--out", required=True, help="folder for manifest.csv and info.json")
+    adapt.add_argument("--src", required=True, type=existing_folder,
+                       help="the dataset's root folder")
+    adapt.add_argument("--out", required=True, type=output_folder,
+                       help="folder for manifest.csv and info.json")
     adapt.set_defaults(func=_adapt)
 
     info = sub.add_parser(

@@ -20,6 +20,7 @@ import torch
 from nvidia.dali.tensors import TensorListGPU
 from torch import Tensor
 
+from mmfast import progress
 from mmfast.data.arrays import read_array
 from mmfast.data.base import LoaderBase
 from mmfast.data.batch import collate, empty_batch, make_batch
@@ -224,14 +225,17 @@ class MultiModalLoader(LoaderBase):
         # A fresh pipeline per epoch: its prefetch queue then never holds another epoch's rows,
         # even when the previous epoch was abandoned half-way.
         self._pipe = self._new_pipeline()
+        bar = progress.bar(total=len(self), desc=f"decode {self.split}", unit="batch")
         try:
             while True:
                 try:
                     outputs = self._pipe.run()
                 except StopIteration:
                     return
+                bar.update(1)
                 yield self._to_batch(outputs)
         finally:
+            bar.close()
             self._pipe = None
 
     def _to_batch(self, outputs) -> dict[str, Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from mmfast.cli_args import dataset_folder, run_folder
 from mmfast.eval.common import EVAL_PRESETS, EvalConfig, list_protocols
 from mmfast.eval.protocols import EVAL_FILE, evaluate_run
 
@@ -45,8 +46,9 @@ def register(subparsers) -> None:
         description="Load each RUN folder's model (mmfast train / demo), run the protocols "
         f"(missing subsets, missing rate, noise, attacks, certification) on a split and "
         f"write RUN/{EVAL_FILE}.")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders holding model.pt")
-    p.add_argument("--data", required=True, metavar="DIR",
+    p.add_argument("runs", nargs="+", metavar="RUN", type=run_folder("model.pt"),
+                   help="run folders holding model.pt")
+    p.add_argument("--data", required=True, metavar="DIR", type=dataset_folder,
                    help="dataset folder (mmfast data make avdigits DIR)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

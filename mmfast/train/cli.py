@@ -14,7 +14,26 @@ import ast
 import json
 from typing import Any
 
+from mmfast.cli_args import dataset_folder, output_folder
+
 __all__ = ["register", "parse_overrides", "config_from_args"]
+
+
+#: (flag, type, metavar, help) of the numeric TrainConfig overrides
+_NUMERIC_FLAGS = (
+    ("epochs", int, "N", "training epochs of each stage"),
+    ("batch-size", int, "N", "samples per optimizer step (over all ranks)"),
+    ("lr", float, "LR", "learning rate"),
+    ("seed", int, "N", "random seed of initialization, shuffling and augmentation"),
+    ("grad-clip", float, "NORM", "clip the gradient's global l2 norm to NORM (0: off)"),
+    ("threads", int, "N", "CPU threads of torch and the C++ kernels"),
+)
+
+
+def _preset_names() -> list[str]:
+    from mmfast.train.config import PRESETS
+
+    return list(PRESETS)
 
 
 def _method_names() -> list[str]:
@@ -30,18 +49,27 @@ def register(subparsers) -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("method", choices=_method_names(), help="registered method name")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="data set root (a manifest written by `mmfast data`)")
+    source.add_argument("--data", metavar="DIR", type=dataset_folder,
+                        help="dataset folder holding manifest.csv (mmfast data make / adapt)")
     source.add_argument("--synthetic", type=int, metavar="N",
                         help="train on N synthetic samples instead (smoke runs)")
-    p.add_argument("--out", required=True, help="run directory (created; resumed if present)")
-    p.add_argument("--preset", default="small", help="TrainConfig preset: small or gpu")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--val-split", default="val", help="validation split ('' for none)")
-    for name, kind in (("epochs", int), ("batch-size", int), ("lr", float), ("seed", int),
-                       ("grad-clip", float), ("threads", int)):
-        p.add_argument(f"--{name}", type=kind, default=None)
-    p.add_argument("--amp", choices=("none", "bf16", "fp16", "auto"), default=None)
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--out", required=True, metavar="DIR", type=output_folder,
+                   help="run directory (created; resumed if present)")
+    p.add_argument("--preset", default="small", choices=sorted(_preset_names()),
+                   help="TrainConfig preset: small (2 CPU cores, minutes) or gpu (larger "
+                   "models, more epochs); the flags below override its fields (default: small)")
+    p.add_argument("--train-split", default="train", metavar="SPLIT",
+                   help="manifest split to train on (default: train)")
+    p.add_argument("--val-split", default="val", metavar="SPLIT",
+                   help="manifest split scored after each epoch ('' for none; default: val)")
+    for name, kind, metavar, what in _NUMERIC_FLAGS:
+        p.add_argument(f"--{name}", type=kind, default=None, metavar=metavar,
+                       help=f"{what} (default: the preset's)")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16", "auto"), default=None,
+                   help="mixed precision: none, bf16, fp16, or auto (bf16 on a GPU that has "
+                   "it, else none; default: the preset's)")
+    p.add_argument("--device", default=None,
+                   help="auto (CUDA if available), cpu, cuda, cuda:N (default: the preset's)")
     p.add_argument("--no-progress", action="store_true", help="disable tqdm bars")
     p.add_argument("--no-resume", action="store_true",
                    help="ignore existing checkpoints in --out and start over")
