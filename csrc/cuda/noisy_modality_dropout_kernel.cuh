@@ -22,24 +22,39 @@
 namespace mmfast {
 namespace cuda {
 
+// The stream offset: a 0-d int64 tensor on the device (BRIEF contract 1), read by the kernels
+// themselves, so no host sync and a captured CUDA graph replays with the tensor's new value.
+// Its two's-complement bits, as the CPU kernel.
+MMFAST_DEVICE uint64_t load_offset(const int64_t* offset) {
+  return static_cast<uint64_t>(*offset);
+}
+
 // keep_b = u0_b >= p_drop_b; sigma_used_b = sigma_b (or sigma_0 when shared), or with levels
 // sigma[min(floor(u1_b K), K - 1)], u1_b K rounded to float32 as the reference does.
-// p_drop and sigma with one element are shared by every row.
+// p_drop and sigma with one element are shared by every row. A sample whose p_drop is outside
+// [0, 1] (or NaN) or whose sigma (the level drawn) is NaN, infinite or negative is poisoned:
+// keep = false, sigma_used = NaN, and the element kernel writes NaN (contract 2).
 __global__ void noise_per_sample_kernel(const float* __restrict__ p_drop, int64_t p_numel,
                                         const float* __restrict__ sigma, int64_t sigma_numel,
-                                        bool sigma_levels, uint64_t seed, uint64_t offset,
-                                        int64_t B, bool* __restrict__ keep,
+                                        bool sigma_levels, uint64_t seed,
+                                        const int64_t* __restrict__ offset_ptr, int64_t B,
+                                        bool* __restrict__ keep,
                                         float* __restrict__ sigma_used) {
+  const uint64_t offset = load_offset(offset_ptr);
   for (int64_t b = global_thread_index(); b < B; b += global_thread_count()) {
     const Philox4 r = philox_sample(static_cast<uint64_t>(b), offset, seed);
-    keep[b] = philox_uniform(r.v[0]) >= p_drop[p_numel == 1 ? 0 : b];
+    const float p = p_drop[p_numel == 1 ? 0 : b];
+    float s;
     if (sigma_levels) {
       const float scaled = __fmul_rn(philox_uniform(r.v[1]), static_cast<float>(sigma_numel));
       const int64_t level = static_cast<int64_t>(scaled);
-      sigma_used[b] = sigma[level < sigma_numel - 1 ? level : sigma_numel - 1];
+      s = sigma[level < sigma_numel - 1 ? level : sigma_numel - 1];
     } else {
-      sigma_used[b] = sigma[sigma_numel == 1 ? 0 : b];
+      s = sigma[sigma_numel == 1 ? 0 : b];
     }
+    const bool valid = p >= 0.0f && p <= 1.0f && is_valid_scale(s);
+    keep[b] = valid && philox_uniform(r.v[0]) >= p;
+    sigma_used[b] = valid ? s : NAN;
   }
 }
 
@@ -54,13 +69,16 @@ template <typename T>
 __global__ void noisy_modality_dropout_kernel(const T* __restrict__ x,
                                               const bool* __restrict__ keep,
                                               const float* __restrict__ sigma_used,
-                                              uint64_t seed, uint64_t offset, opmath_t<T> fill,
+                                              uint64_t seed,
+                                              const int64_t* __restrict__ offset_ptr,
+                                              opmath_t<T> fill,
                                               int64_t numel, int64_t row_elems, bool vectorized,
                                               T* __restrict__ y) {
   using A = opmath_t<T>;
   constexpr int kVec = vector_width<T>();
   constexpr int kChunk = noise_chunk_elems<T>();
   static_assert(kChunk % 4 == 0 && kChunk % kVec == 0, "a chunk holds whole blocks and vectors");
+  const uint64_t offset = load_offset(offset_ptr);
   const int64_t chunks = (numel + kChunk - 1) / kChunk;
   for (int64_t chunk = global_thread_index(); chunk < chunks; chunk += global_thread_count()) {
     const int64_t base = chunk * kChunk;  // a multiple of 4: noise block base / 4
@@ -100,8 +118,10 @@ __global__ void noisy_modality_dropout_kernel(const T* __restrict__ x,
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         // sigma * n rounded to float32 first (no fma contraction), then added in opmath.
+        // Dropped: fill, or NaN for a poisoned sample (sigma_used NaN).
+        const A dropped = sig[j] != sig[j] ? A(NAN) : fill;
         out[q * 4 + j] = kept[j] ? xv[q * 4 + j] + static_cast<A>(__fmul_rn(sig[j], normal[j]))
-                                 : fill;
+                                 : dropped;
       }
     }
 #pragma unroll

@@ -66,6 +66,11 @@ def i64(v: int) -> ctypes.c_int64:
     return ctypes.c_int64(v)
 
 
+def offset_tensor(offset: int) -> torch.Tensor:
+    """The noise op's stream offset as the 0-d int64 tensor the kernels read (contract 1)."""
+    return torch.tensor(offset - 2**64 if offset >= 2**63 else offset, dtype=torch.int64)
+
+
 def opmath(dtype: torch.dtype) -> torch.dtype:
     return ref.opmath_dtype(dtype)
 
@@ -313,6 +318,7 @@ def test_noisy_modality_dropout_reproduces_the_reference_stream(emu, dtype):
         )
         keep = torch.zeros(B, dtype=torch.bool)
         used = torch.full((B,), math.nan)
+        offset_t = offset_tensor(offset)  # contract 1: read by the kernels from memory
         emu.emu_noise_per_sample(
             ptr(p_drop),
             i64(B),
@@ -320,7 +326,7 @@ def test_noisy_modality_dropout_reproduces_the_reference_stream(emu, dtype):
             i64(sigma.numel()),
             int(levels),
             ctypes.c_uint64(seed),
-            ctypes.c_uint64(offset),
+            ptr(offset_t),
             i64(B),
             GRID,
             ptr(keep),
@@ -337,7 +343,7 @@ def test_noisy_modality_dropout_reproduces_the_reference_stream(emu, dtype):
                 ptr(keep),
                 ptr(used),
                 ctypes.c_uint64(seed),
-                ctypes.c_uint64(offset),
+                ptr(offset_t),
                 ctypes.c_double(fill),
                 i64(x.numel()),
                 i64(x.numel() // B),
@@ -357,8 +363,9 @@ def test_noise_per_sample_shares_one_element_parameters(emu):
     )
     keep = torch.zeros(9, dtype=torch.bool)
     used = torch.zeros(9)
+    offset = offset_tensor(6)  # kept alive across the call
     emu.emu_noise_per_sample(ptr(p_drop), i64(1), ptr(sigma), i64(1), 0, ctypes.c_uint64(5),
-                             ctypes.c_uint64(6), i64(9), 1, ptr(keep), ptr(used))  # fmt: skip
+                             ptr(offset), i64(9), 1, ptr(keep), ptr(used))  # fmt: skip
     assert torch.equal(keep, keep_ref)
     assert torch.equal(used, used_ref)
 
