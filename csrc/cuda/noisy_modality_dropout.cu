@@ -56,7 +56,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_modality_dropout_cuda(
   const auto useed = static_cast<uint64_t>(seed);
   const int64_t* offset_ptr = const_ptr<int64_t>(offset);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  noise_per_sample_kernel<<<grid_blocks(B, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
+  noise_per_sample_kernel<<<grid_blocks(noise_per_sample_kernel, B, kThreadsPerBlock),
+                            kThreadsPerBlock, 0, stream>>>(
       const_ptr<float>(p_drop), p_drop.numel(), const_ptr<float>(sigma), sigma.numel(),
       sigma_levels, useed, offset_ptr, B, mutable_ptr<bool>(keep), mutable_ptr<float>(sigma_used));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -69,7 +70,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_modality_dropout_cuda(
     const bool vectorized = is_aligned(xp, kVectorBytes) && is_aligned(yp, kVectorBytes);
     const int64_t chunks = ceil_div(numel, noise_chunk_elems<T>());
     noisy_modality_dropout_kernel<T>
-        <<<grid_blocks(chunks, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
+        <<<grid_blocks(noisy_modality_dropout_kernel<T>, chunks, kThreadsPerBlock),
+           kThreadsPerBlock, 0, stream>>>(
             xp, const_ptr<bool>(keep), const_ptr<float>(sigma_used), useed, offset_ptr,
             static_cast<A>(fill), numel, numel / B, vectorized, yp);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -556,3 +556,23 @@ def test_contract_noise_invalid_values_poison_samples(emu):
                                    ptr(offset), ctypes.c_double(0.0), i64(x.numel()), i64(4), 1,
                                    1, ptr(y))  # fmt: skip
     assert torch.isnan(y[1:5]).all() and torch.isfinite(y[[0, 5]]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_noise_grid_stride_tracks_rows_incrementally(emu, dtype):
+    """One block, so every thread takes several chunks: the row of each chunk start is
+    tracked by adding the grid stride (no division per chunk), across rows longer and
+    shorter than a chunk and a stride that is not a multiple of the row."""
+    for shape in [(37, 53), (700, 3), (5, 1031)]:
+        B = shape[0]
+        x = torch.randn(*shape, dtype=torch.float64).to(dtype)
+        p_drop = torch.rand(B) * 0.6
+        sigma = torch.rand(B)
+        y_ref, keep_ref, used_ref = ref.noisy_modality_dropout(x, p_drop, sigma, False, 9, 4, 0.5)
+        offset = offset_tensor(4)
+        y = torch.full_like(x, math.nan)
+        emu.emu_noisy_modality_dropout(DTYPE_CODE[dtype], ptr(x), ptr(keep_ref), ptr(used_ref),
+                                       ctypes.c_uint64(9), ptr(offset), ctypes.c_double(0.5),
+                                       i64(x.numel()), i64(x.numel() // B), 1, 1,
+                                       ptr(y))  # fmt: skip
+        assert_matches(y, y_ref, dtype, f"{shape}")
