@@ -8,6 +8,7 @@ recorded with every result. Baselines come from
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 import time
@@ -78,6 +79,44 @@ def nbytes(*tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
+def cuda_event_seconds(fn: Callable, calls: int = 50, repeats: int = 5) -> float:
+    """Median seconds per call of ``calls`` back-to-back calls of ``fn`` on the current CUDA
+    stream, timed with CUDA events (no host sync between calls: launch overhead overlaps the
+    previous kernel, as in a training loop), the median over ``repeats`` such runs."""
+    per_call = []
+    for _ in range(repeats):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        per_call.append(start.elapsed_time(end) / 1e3 / calls)
+    return sorted(per_call)[len(per_call) // 2]
+
+
+@functools.cache
+def cuda_event_copy_seconds(nbytes: int) -> float:
+    """:func:`copy_seconds` timed as :func:`cuda_event_seconds` (back-to-back copies)."""
+    src = torch.ones(max(nbytes // 4, 1), dtype=torch.float32, device="cuda")
+    dst = torch.zeros_like(src)
+    return cuda_event_seconds(lambda: dst.copy_(src))
+
+
+def cuda_event_info(fn: Callable, moved_bytes: int, input_bytes: int) -> dict:
+    """extra_info fields of the CUDA-event timing (MMFAST_BENCH_CUDA_EVENTS=1, set by
+    scripts/gpu_check.sh bench): per-call time of back-to-back calls, its bandwidth and its
+    fraction of the copy bandwidth timed the same way in this process."""
+    event_s = cuda_event_seconds(fn)
+    copy_s = cuda_event_copy_seconds(input_bytes)
+    gbps = moved_bytes / event_s / 1e9
+    copy_gbps = 2 * input_bytes / copy_s / 1e9
+    return dict(event_ms_per_call=round(event_s * 1e3, 5), event_gb_per_s=round(gbps, 3),
+                event_copy_gb_per_s=round(copy_gbps, 3),
+                event_fraction_of_copy=round(gbps / copy_gbps, 4))
+
+
 def run(benchmark, fn: Callable, device: str, moved_bytes: int, input_bytes: int, **info):
     """Warm up (compiles), benchmark ``fn``, and record bandwidth figures in extra_info."""
     synchronize(device)
@@ -113,3 +152,5 @@ def run(benchmark, fn: Callable, device: str, moved_bytes: int, input_bytes: int
         commit=_commit(),
         **info,
     )
+    if device == "cuda" and os.environ.get("MMFAST_BENCH_CUDA_EVENTS") == "1":
+        benchmark.extra_info.update(cuda_event_info(fn, moved_bytes, input_bytes))

@@ -24,13 +24,22 @@ GPU_BACKENDS = ("cuda", "triton")
 DECIDES = {"subset_accuracy": ("subset_accuracy", "subset_logits")}
 
 
-def summarize(data: dict) -> str:
+def _cases(data: dict) -> dict[str, dict[str, dict]]:
+    """group -> provider -> {median, **extra_info}."""
     cases: dict[str, dict[str, dict]] = defaultdict(dict)
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
         cases[bench["group"]][info["provider"]] = {"median": bench["stats"]["median"], **info}
+    return cases
+
+
+def summarize(data: dict) -> str:
+    cases = _cases(data)
+    events = any("event_ms_per_call" in r for c in cases.values() for r in c.values())
+    extra_head = " event ms / call | event fraction of copy |" if events else ""
     lines = ["| case | provider | median (ms) | GB/s | fraction of copy | first call (ms) "
-             "| x eager | x compile |", "|---|---|---|---|---|---|---|---|"]
+             "| x eager | x compile |" + extra_head,
+             "|---|---|---|---|---|---|---|---|" + ("---|---|" if events else "")]
     for case, providers in cases.items():
         eager = providers.get("reference", {}).get("median")
         compiled = providers.get("compile", {}).get("median")
@@ -39,8 +48,69 @@ def summarize(data: dict) -> str:
             x_comp = f"{compiled / r['median']:.2f}" if compiled else "-"
             first = r.get("first_call_s")
             first_ms = f"{first * 1e3:.1f}" if first is not None else "-"
+            extra = ""
+            if events:
+                ev_ms, ev_frac = r.get("event_ms_per_call"), r.get("event_fraction_of_copy")
+                extra = (f" {ev_ms:.4f} | {ev_frac:.2f} |" if ev_ms is not None
+                         else " - | - |")
             lines.append(f"| {case} | {name} | {r['median'] * 1e3:.3f} | {r['gb_per_s']:.2f} | "
-                         f"{r['fraction_of_copy']:.2f} | {first_ms} | {x_eager} | {x_comp} |")
+                         f"{r['fraction_of_copy']:.2f} | {first_ms} | {x_eager} | {x_comp} |"
+                         + extra)
+    return "\n".join(lines)
+
+
+#: The GPU targets of issue #11: (row, group prefix, group must contain, kind, threshold).
+#: kind "fraction": the best GPU backend's fraction of the copy bandwidth (CUDA-event timing
+#: when recorded, else the per-call wall clock); "speedup": the best GPU backend over the
+#: per-subset loop.
+GPU_TARGETS = (
+    ("masked_fusion forward", "masked_fusion-fwd-", "", "fraction", 0.90),
+    ("masked_fusion forward + backward", "masked_fusion-full-", "", "fraction", 0.80),
+    ("certified_margin C = 100", "certified_margin-fwd-", ", 100)", "fraction", 0.70),
+    ("certified_margin C = 10", "certified_margin-fwd-", ", 10)", "fraction", 0.40),
+    ("noisy_modality_dropout bf16", "noisy_modality_dropout-torch.bfloat16", "", "fraction",
+     0.75),
+    ("subset_accuracy, all 15 subsets of M = 4, x per-subset loop", "subset_accuracy-",
+     ", 4, ", "speedup", 30.0),
+)
+
+
+def _fraction(r: dict) -> float:
+    return r.get("event_fraction_of_copy", r["fraction_of_copy"])
+
+
+def _time(r: dict) -> float:
+    return r["event_ms_per_call"] / 1e3 if "event_ms_per_call" in r else r["median"]
+
+
+def targets(data: dict) -> str:
+    """The GPU targets table (benchmarks/README.md): per row the best of the cuda and triton
+    backends over the matching GPU cases, with the target and whether it is met."""
+    cases = {g: c for g, c in _cases(data).items() if g.endswith("-cuda")}
+    lines = ["| target | threshold | measured (best backend) | met |", "|---|---|---|---|"]
+    for row, prefix, contains, kind, threshold in GPU_TARGETS:
+        best = None
+        for group, providers in cases.items():
+            if not group.startswith(prefix) or contains not in group:
+                continue
+            for name in GPU_BACKENDS:
+                r = providers.get(name)
+                if r is None:
+                    continue
+                if kind == "fraction":
+                    value = _fraction(r)
+                elif "loop" in providers:
+                    value = _time(providers["loop"]) / _time(r)
+                else:
+                    continue
+                if best is None or value > best[0]:
+                    best = (value, name)
+        shown = "x" if kind == "speedup" else ""
+        if best is None:
+            lines.append(f"| {row} | {threshold}{shown} | not measured | - |")
+        else:
+            lines.append(f"| {row} | {threshold}{shown} | {best[0]:.2f}{shown} ({best[1]}) | "
+                         f"{'yes' if best[0] >= threshold else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -103,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.json_file) as fh:
         data = json.load(fh)
     print(summarize(data))
+    if any(b["group"].endswith("-cuda") for b in data["benchmarks"]):
+        print("\n" + targets(data))
     if args.auto_order is not None:
         table = auto_order(data)
         if not table["orders"]:

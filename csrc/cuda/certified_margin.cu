@@ -75,10 +75,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_margin_cuda(
     using T = decltype(tag);
     using A = opmath_t<T>;
     const int lanes = margin_lanes(C);
-    const unsigned blocks = grid_blocks(B, rows_per_block(lanes));
     const auto stream = c10::cuda::getCurrentCUDAStream();
     auto kernel = top_rival ? certified_margin_forward_kernel<T, true>
                             : certified_margin_forward_kernel<T, false>;
+    const unsigned blocks = grid_blocks(kernel, B, rows_per_block(lanes));
     kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(
         margin_args<T>(z, target, lip, mask, q), optional_ptr<A>(bias), lanes,
         mutable_ptr<A>(radius), mutable_ptr<A>(margin), mutable_ptr<int64_t>(runner_up));
@@ -106,7 +106,8 @@ std::tuple<at::Tensor, at::Tensor> certified_margin_backward_cuda(
     using T = decltype(tag);
     using A = opmath_t<T>;
     const int lanes = next_power_of_two_at_most_32(C);  // the row's stores, C at a time
-    const unsigned blocks = grid_blocks(B, rows_per_block(lanes));
+    const unsigned blocks = grid_blocks(certified_margin_backward_kernel<T>, B,
+                                        rows_per_block(lanes));
     const auto stream = c10::cuda::getCurrentCUDAStream();
     certified_margin_backward_kernel<T><<<blocks, kThreadsPerBlock, 0, stream>>>(
         margin_args<T>(z, target, lip, mask, q), const_ptr<A>(grad_radius),

@@ -65,8 +65,14 @@ struct MarginArgs {
   DualNorm kind;
   A q;
 
-  MMFAST_DEVICE A present(int64_t b, int m) const {
-    return mask == nullptr || mask[b * M + m] ? A(1) : A(0);
+  // Bit m set when modality m of row b is present (the only ones whose z is read).
+  MMFAST_DEVICE unsigned present_bits(int64_t b) const {
+    unsigned bits = 0;
+#pragma unroll
+    for (int m = 0; m < kMaxModalities; ++m) {
+      if (m < M && (mask == nullptr || mask[b * M + m])) bits |= 1u << m;
+    }
+    return bits;
   }
   // lip_m[y, k], or lip_m for (M,) lip.
   MMFAST_DEVICE A lip_at(int m, int64_t y, int64_t k) const {
@@ -75,12 +81,17 @@ struct MarginArgs {
   MMFAST_DEVICE A z_at(int64_t b, int m, int64_t c) const {
     return to_opmath(z[(b * M + m) * C + c]);
   }
-  // den = ||(present_m lip_m[y, k])_m||_q.
-  MMFAST_DEVICE A dual_norm(const A present_m[kMaxModalities], int64_t y, int64_t k) const {
+  // den = ||(present_m ? lip_m[y, k] : 0)_m||_q; *bad |= some lip_m[y, k] read (every m:
+  // an invalid lip is an error even for an absent modality) is NaN, infinite or negative.
+  MMFAST_DEVICE A dual_norm(unsigned present, int64_t y, int64_t k, bool* bad) const {
     A s = A(0);
 #pragma unroll
     for (int m = 0; m < kMaxModalities; ++m) {
-      if (m < M) s = norm_accumulate(kind, s, present_m[m] * lip_at(m, y, k), q);
+      if (m < M) {
+        const A l = lip_at(m, y, k);
+        *bad = *bad || !is_valid_scale(l);
+        s = norm_accumulate(kind, s, (present >> m & 1u) ? l : A(0), q);
+      }
     }
     return norm_finish(kind, s, q);
   }
@@ -113,8 +124,11 @@ MMFAST_DEVICE Rival<A> group_best_rival(Rival<A> mine, int lanes) {
 // kTop = false (rival "min"): k* = first argmin over k != y of r_k, a valid certificate.
 // kTop = true (rival "top"): k* = first argmax over k != y of sum_m mask_m z_mk + bias_k; its
 // denominator is computed once, after the group agrees on k*.
-// Rows: radius = r_k*, margin = margin_k*, runner_up = k*; C == 1 gives (+inf, 0, -1); a target
-// outside [0, C) gives (NaN, NaN, -1) (the Python wrapper rejects it before the launch).
+// Rows: radius = r_k*, margin = margin_k*, runner_up = k*; C == 1 gives (+inf, 0, -1).
+// Poisoned rows get (NaN, NaN, -1), never a certificate (BRIEF contracts 2-3): a target outside
+// [0, C) (never used as an index), a non-finite logit among the present modalities' values the
+// row reads, an invalid (NaN, infinite or negative) lip value read. Absent modalities' logits
+// are never read.
 template <typename T, bool kTop>
 __global__ void certified_margin_forward_kernel(MarginArgs<T> in,
                                                 const opmath_t<T>* __restrict__ bias, int lanes,
@@ -129,16 +143,17 @@ __global__ void certified_margin_forward_kernel(MarginArgs<T> in,
     const int64_t y_raw = in.target[row];
     const bool valid = y_raw >= 0 && y_raw < in.C;
     const int64_t y = valid ? y_raw : 0;
-    A present[kMaxModalities];
+    const unsigned present = in.present_bits(row);
+    bool bad = false;
     A zy[kMaxModalities];
 #pragma unroll
     for (int m = 0; m < kMaxModalities; ++m) {
-      present[m] = m < in.M ? in.present(row, m) : A(0);
-      zy[m] = m < in.M ? in.z_at(row, m, y) : A(0);
+      zy[m] = m < in.M && (present >> m & 1u) ? in.z_at(row, m, y) : A(0);
+      bad = bad || !is_finite_value(zy[m]);
     }
     const A bias_y = bias == nullptr ? A(0) : bias[y];
     // (M,) lip: one denominator for every rival.
-    const A shared_den = in.lip_per_pair ? A(0) : in.dual_norm(present, y, 0);
+    const A shared_den = in.lip_per_pair ? A(0) : in.dual_norm(present, y, 0, &bad);
 
     Rival<A> best{A(0), -1, A(0), A(0)};
     for (int64_t k = g.lane; active && valid && k < in.C; k += lanes) {
@@ -147,10 +162,11 @@ __global__ void certified_margin_forward_kernel(MarginArgs<T> in,
       A fused = A(0);
 #pragma unroll
       for (int m = 0; m < kMaxModalities; ++m) {
-        if (m < in.M) {
+        if (m < in.M && (present >> m & 1u)) {
           const A zk = in.z_at(row, m, k);
-          marg += present[m] * (zy[m] - zk);
-          if (kTop) fused += present[m] * zk;
+          bad = bad || !is_finite_value(zk);
+          marg += zy[m] - zk;
+          if (kTop) fused += zk;
         }
       }
       if (bias != nullptr) {
@@ -160,7 +176,7 @@ __global__ void certified_margin_forward_kernel(MarginArgs<T> in,
       }
       Rival<A> cand{fused, k, marg, A(0)};
       if (!kTop) {
-        const A den = in.lip_per_pair ? in.dual_norm(present, y, k) : shared_den;
+        const A den = in.lip_per_pair ? in.dual_norm(present, y, k, &bad) : shared_den;
         cand.radius = radius_of(marg, den);
         cand.key = cand.radius;
       }
@@ -170,12 +186,13 @@ __global__ void certified_margin_forward_kernel(MarginArgs<T> in,
       if (wins) best = cand;
     }
     best = group_best_rival<kTop>(best, lanes);
+    bad = group_sum(bad ? 1 : 0, lanes) > 0;  // every lane of the warp takes part
     if (kTop && best.k >= 0) {
-      const A den = in.lip_per_pair ? in.dual_norm(present, y, best.k) : shared_den;
+      const A den = in.lip_per_pair ? in.dual_norm(present, y, best.k, &bad) : shared_den;
       best.radius = radius_of(best.margin, den);
     }
     if (active && g.lane == 0) {
-      if (!valid) {
+      if (!valid || bad) {
         radius[row] = margin[row] = A(NAN);
         runner_up[row] = -1;
       } else if (best.k < 0) {  // C == 1: no rival
@@ -212,18 +229,19 @@ __global__ void certified_margin_backward_kernel(MarginArgs<T> in,
     const int64_t k = runner_up[b];
     const int64_t y = in.target[b];
     const bool valid = k >= 0 && k < in.C && y >= 0 && y < in.C && k != y;
+    const unsigned bits = in.present_bits(b);
     A present[kMaxModalities];
     A v[kMaxModalities];
     A s = A(0);
 #pragma unroll
     for (int m = 0; m < kMaxModalities; ++m) {
-      present[m] = m < in.M ? in.present(b, m) : A(0);
-      v[m] = valid && m < in.M ? present[m] * in.lip_at(m, y, k) : A(0);
+      present[m] = m < in.M && (bits >> m & 1u) ? A(1) : A(0);
+      v[m] = valid && m < in.M && (bits >> m & 1u) ? in.lip_at(m, y, k) : A(0);
       if (m < in.M) s = norm_accumulate(in.kind, s, v[m], in.q);
     }
     const A den = norm_finish(in.kind, s, in.q);
-    const A gr = grad_radius[b];
-    const A gsum = (den > A(0) ? gr / den : A(0)) + grad_margin[b];
+    const A gr = valid ? grad_radius[b] : A(0);
+    const A gsum = valid ? (den > A(0) ? gr / den : A(0)) + grad_margin[b] : A(0);
 
     T* gz_row = grad_z + b * in.M * in.C;
 #pragma unroll
@@ -241,6 +259,7 @@ __global__ void certified_margin_backward_kernel(MarginArgs<T> in,
 
     const bool den_positive = valid && den > A(0);
     const A coef = den_positive ? -gr * margin[b] / (den * den) : A(0);
+    // (present_m is 0 or 1 here, so the products below select rather than leak.)
     int ties = 0;  // q = inf: amax shares its gradient evenly among tied maxima
 #pragma unroll
     for (int m = 0; m < kMaxModalities; ++m) ties += m < in.M && v[m] == den ? 1 : 0;

@@ -82,6 +82,18 @@ MMFAST_DEVICE A positive_infinity() {
   return static_cast<A>(INFINITY);
 }
 
+// Neither NaN nor +-inf (no <cmath> isfinite in device code under every toolchain).
+template <typename A>
+MMFAST_DEVICE bool is_finite_value(A v) {
+  return v - v == A(0);
+}
+
+// A weight / Lipschitz value / sigma the kernels may use (BRIEF contract 2): finite, >= 0.
+template <typename A>
+MMFAST_DEVICE bool is_valid_scale(A v) {
+  return is_finite_value(v) && v >= A(0);
+}
+
 // Explicit float / double overloads (no reliance on <cmath> overload resolution in device code).
 MMFAST_DEVICE float opmath_sqrt(float v) { return sqrtf(v); }
 MMFAST_DEVICE double opmath_sqrt(double v) { return sqrt(v); }

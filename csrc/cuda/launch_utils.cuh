@@ -12,7 +12,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <map>
+#include <mutex>
 #include <optional>
+#include <tuple>
 
 #include "cuda_utils.cuh"
 
@@ -20,8 +23,6 @@ namespace mmfast {
 namespace cuda {
 
 constexpr int kThreadsPerBlock = 256;
-// Grid-stride kernels: enough resident blocks to fill every SM several times over.
-constexpr int kBlocksPerSm = 8;
 
 inline void check_cuda_tensor(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
@@ -91,19 +92,37 @@ const T* optional_ptr(const std::optional<at::Tensor>& t) {
   return is_present(t) ? const_ptr<T>(*t) : nullptr;
 }
 
-inline int multiprocessor_count() {
+// Resident blocks of `kernel` per SM at kThreadsPerBlock threads and `smem` dynamic shared
+// bytes, times the SM count: one full wave of a grid-stride kernel. Queried once per
+// (kernel, device, smem) with cudaOccupancyMaxActiveBlocksPerMultiprocessor (registers and
+// shared memory decide it: e.g. 3 blocks / SM for the fp32 masked_fusion forward, 2 for the
+// backward with grad_weight, where a fixed 8 left partial waves) and cached; a host query,
+// no stream work, so it is legal inside CUDA-graph capture.
+inline int64_t resident_blocks(const void* kernel, size_t smem) {
+  static std::mutex lock;
+  static std::map<std::tuple<const void*, int, size_t>, int64_t> cache;
   int device = 0;
-  int count = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
+  const auto key = std::make_tuple(kernel, device, smem);
+  const std::lock_guard<std::mutex> guard(lock);
+  const auto found = cache.find(key);
+  if (found != cache.end()) return found->second;
+  int per_sm = 0;
+  int sms = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
+                                                               kThreadsPerBlock, smem));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t blocks = std::max<int64_t>(1, static_cast<int64_t>(per_sm) * sms);
+  cache.emplace(key, blocks);
+  return blocks;
 }
 
 // Blocks for a grid-stride kernel over `items` units of `per_block` units each: no more than
-// needed, no more than kBlocksPerSm per SM, and within the grid.x limit.
-inline unsigned grid_blocks(int64_t items, int64_t per_block) {
+// needed, no more than one resident wave of `kernel`, and within the grid.x limit.
+template <typename Kernel>
+unsigned grid_blocks(Kernel kernel, int64_t items, int64_t per_block, size_t smem = 0) {
   const int64_t needed = std::max<int64_t>(1, ceil_div(items, per_block));
-  const int64_t cap = static_cast<int64_t>(multiprocessor_count()) * kBlocksPerSm;
+  const int64_t cap = resident_blocks(reinterpret_cast<const void*>(kernel), smem);
   return static_cast<unsigned>(std::min<int64_t>(needed, std::min<int64_t>(cap, INT32_MAX)));
 }
 

@@ -53,10 +53,10 @@ std::tuple<at::Tensor, at::Tensor> masked_fusion_cuda(const at::Tensor& x, const
     const bool vectorized = rows_vectorizable<T>(s.D, {xp, yp});
     const int vec = vectorized ? vector_width<T>() : 1;
     const int lanes = fusion_lanes(s.D, vec);
-    const unsigned blocks = grid_blocks(s.B, rows_per_block(lanes));
     const auto stream = c10::cuda::getCurrentCUDAStream();
     auto kernel = vectorized ? masked_fusion_forward_kernel<T, vector_width<T>()>
                              : masked_fusion_forward_kernel<T, 1>;
+    const unsigned blocks = grid_blocks(kernel, s.B, rows_per_block(lanes));
     kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(
         xp, const_ptr<bool>(mask), optional_ptr<A>(weight), normalize, s.B,
         static_cast<int>(s.M), s.D, lanes, yp, mutable_ptr<A>(denom));
@@ -89,13 +89,13 @@ std::tuple<at::Tensor, at::Tensor> masked_fusion_backward_cuda(
     T* gxp = mutable_ptr<T>(grad_x);
     const bool vectorized = rows_vectorizable<T>(s.D, {gyp, xp, yp, gxp});
     const int lanes = fusion_lanes(s.D, vectorized ? kVec : 1);
-    const unsigned blocks = grid_blocks(s.B, rows_per_block(lanes));
     const auto stream = c10::cuda::getCurrentCUDAStream();
     auto kernel = need_grad_weight
                       ? (vectorized ? masked_fusion_backward_kernel<T, kVec, true>
                                     : masked_fusion_backward_kernel<T, 1, true>)
                       : (vectorized ? masked_fusion_backward_kernel<T, kVec, false>
                                     : masked_fusion_backward_kernel<T, 1, false>);
+    const unsigned blocks = grid_blocks(kernel, s.B, rows_per_block(lanes));
     kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(
         gyp, xp, const_ptr<bool>(mask), optional_ptr<A>(weight), yp, const_ptr<A>(denom),
         normalize, s.B, static_cast<int>(s.M), s.D, lanes, gxp,

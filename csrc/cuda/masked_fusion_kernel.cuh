@@ -13,30 +13,47 @@
 namespace mmfast {
 namespace cuda {
 
-// w_m = weight_bm * mask_bm (weight null -> 1, mask null -> all present) for m < M, 0 beyond;
-// returns denom = sum_m w_m. A multiply rather than a select, so a non-finite weight on an
-// absent modality propagates as in the reference.
+// Per-row fusion weights: w_m = present_m ? weight_bm : 0 (weight null -> 1, mask null -> all
+// present) for m < M, 0 beyond, selected rather than multiplied; `present` has bit m set for a
+// present modality (the only ones whose data is ever read: BRIEF contract 3); `bad` says that
+// some weight of the row is NaN, infinite or negative (contract 2: the kernels cannot raise, so
+// such a row's outputs are NaN).
 template <typename A>
-MMFAST_DEVICE A fusion_weights(const bool* mask_row, const A* weight_row, int M,
-                               A w[kMaxModalities]) {
-  A denom = A(0);
+struct RowWeights {
+  A w[kMaxModalities];
+  A denom;
+  unsigned present;
+  bool bad;
+};
+
+template <typename A>
+MMFAST_DEVICE RowWeights<A> fusion_weights(const bool* mask_row, const A* weight_row, int M) {
+  RowWeights<A> r;
+  r.denom = A(0);
+  r.present = 0;
+  r.bad = false;
 #pragma unroll
   for (int m = 0; m < kMaxModalities; ++m) {
-    w[m] = A(0);
+    r.w[m] = A(0);
     if (m < M) {
-      const A present = mask_row == nullptr || mask_row[m] ? A(1) : A(0);
-      w[m] = weight_row == nullptr ? present : weight_row[m] * present;
-      denom += w[m];
+      const bool present = mask_row == nullptr || mask_row[m];
+      const A weight = weight_row == nullptr ? A(1) : weight_row[m];
+      r.bad = r.bad || !is_valid_scale(weight);
+      r.w[m] = present ? weight : A(0);
+      r.present |= present ? 1u << m : 0u;
+      r.denom += r.w[m];
     }
   }
-  return denom;
+  return r;
 }
 
-// out_row[d] = sum_m w_m x_row[m * D + d] / scale for the group's share of the D features.
+// out_row[d] = sum_{m in use} w_m x_row[m * D + d] / scale for the group's share of the D
+// features; modalities outside the `use` bitmask are never read. poison: write NaN instead.
 // Shared with subset_logits (csrc/cuda/subset_ops_kernel.cuh).
 template <typename T, int VEC>
-MMFAST_DEVICE void fuse_row(const T* x_row, const opmath_t<T> w[kMaxModalities], int M, int64_t D,
-                            opmath_t<T> scale, T* out_row, int lane, int lanes) {
+MMFAST_DEVICE void fuse_row(const T* x_row, const opmath_t<T> w[kMaxModalities], unsigned use,
+                            int M, int64_t D, opmath_t<T> scale, bool poison, T* out_row, int lane,
+                            int lanes) {
   using A = opmath_t<T>;
   const int64_t stride = static_cast<int64_t>(lanes) * VEC;
   for (int64_t d = static_cast<int64_t>(lane) * VEC; d < D; d += stride) {
@@ -45,15 +62,15 @@ MMFAST_DEVICE void fuse_row(const T* x_row, const opmath_t<T> w[kMaxModalities],
     for (int i = 0; i < VEC; ++i) acc[i] = A(0);
 #pragma unroll
     for (int m = 0; m < kMaxModalities; ++m) {
-      if (m < M) {
+      if (m < M && (use >> m & 1u)) {
         A xv[VEC];
-        load_opmath<T, VEC>(x_row + m * D + d, VEC > 1, VEC, xv);
+        load_opmath<T, VEC>(x_row + static_cast<int64_t>(m) * D + d, VEC > 1, VEC, xv);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) acc[i] += w[m] * xv[i];
       }
     }
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) acc[i] = acc[i] / scale;
+    for (int i = 0; i < VEC; ++i) acc[i] = poison ? A(NAN) : acc[i] / scale;
     store_opmath<T, VEC>(out_row + d, VEC > 1, VEC, acc);
   }
 }
@@ -69,18 +86,20 @@ __global__ void masked_fusion_forward_kernel(const T* __restrict__ x,
   using A = opmath_t<T>;
   const LaneGroup g = LaneGroup::make(lanes);
   for (int64_t b = g.first_row; b < B; b += g.row_step) {
-    A w[kMaxModalities];
-    const A den = fusion_weights<A>(mask + b * M, weight == nullptr ? nullptr : weight + b * M,
-                                    M, w);
-    if (g.lane == 0) denom[b] = den;
-    const A scale = normalize && den > A(0) ? den : A(1);
-    fuse_row<T, VEC>(x + b * M * D, w, M, D, scale, y + b * D, g.lane, g.lanes);
+    const RowWeights<A> rw =
+        fusion_weights<A>(mask + b * M, weight == nullptr ? nullptr : weight + b * M, M);
+    if (g.lane == 0) denom[b] = rw.bad ? A(NAN) : rw.denom;
+    const A scale = normalize && rw.denom > A(0) ? rw.denom : A(1);
+    fuse_row<T, VEC>(x + b * M * D, rw.w, rw.present, M, D, scale, rw.bad, y + b * D, g.lane,
+                     g.lanes);
   }
 }
 
-// grad_x_bmd = (grad_y_bd / d_b) * w_bm, d_b = normalize && denom_b > 0 ? denom_b : 1.
-// kGradWeight: also grad_weight_bm = mask_bm * (sum_d gy x_bm - (normalize ? sum_d gy y : 0))
-// / d_b, reduced over the group with shuffles (hence the warp-uniform row loop).
+// grad_x_bmd = present_bm ? (grad_y_bd / d_b) * w_bm : 0, d_b = normalize && denom_b > 0 ?
+// denom_b : 1. kGradWeight: also grad_weight_bm = present_bm ? (sum_d gy x_bm - (normalize ?
+// sum_d gy y : 0)) / d_b : 0, reduced over the group with shuffles (hence the warp-uniform row
+// loop). An absent modality's x is never read; a row with an invalid weight gets NaN
+// gradients.
 template <typename T, int VEC, bool kGradWeight>
 __global__ void masked_fusion_backward_kernel(const T* __restrict__ grad_y,
                                               const T* __restrict__ x,
@@ -96,10 +115,11 @@ __global__ void masked_fusion_backward_kernel(const T* __restrict__ grad_y,
   for (int64_t b = g.first_row; g.warp_active(b, B); b += g.row_step) {
     const bool active = b < B;
     const int64_t row = active ? b : 0;  // inactive lanes only join the shuffles
-    A w[kMaxModalities];
-    fusion_weights<A>(mask + row * M, weight == nullptr ? nullptr : weight + row * M, M, w);
+    const RowWeights<A> rw =
+        fusion_weights<A>(mask + row * M, weight == nullptr ? nullptr : weight + row * M, M);
     const A den = denom[row];
     const A scale = normalize && den > A(0) ? den : A(1);
+    const A poison = rw.bad ? A(NAN) : A(0);  // added to every gradient of the row
     A dot_x[kMaxModalities];
     A dot_y = A(0);
 #pragma unroll
@@ -119,13 +139,14 @@ __global__ void masked_fusion_backward_kernel(const T* __restrict__ grad_y,
 #pragma unroll
       for (int m = 0; m < kMaxModalities; ++m) {
         if (m < M) {
+          const bool present = rw.present >> m & 1u;
           A gx[VEC];
 #pragma unroll
-          for (int i = 0; i < VEC; ++i) gx[i] = gy_scaled[i] * w[m];
-          store_opmath<T, VEC>(gx_row + m * D + d, VEC > 1, VEC, gx);
-          if (kGradWeight) {
+          for (int i = 0; i < VEC; ++i) gx[i] = (present ? gy_scaled[i] * rw.w[m] : A(0)) + poison;
+          store_opmath<T, VEC>(gx_row + static_cast<int64_t>(m) * D + d, VEC > 1, VEC, gx);
+          if (kGradWeight && present) {
             A xv[VEC];
-            load_opmath<T, VEC>(x_row + m * D + d, VEC > 1, VEC, xv);
+            load_opmath<T, VEC>(x_row + static_cast<int64_t>(m) * D + d, VEC > 1, VEC, xv);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) dot_x[m] += gy[i] * xv[i];
           }
@@ -145,8 +166,8 @@ __global__ void masked_fusion_backward_kernel(const T* __restrict__ grad_y,
         if (m < M) {
           const A total = group_sum(dot_x[m], g.lanes);
           if (active && g.lane == 0) {
-            const A present = mask[row * M + m] ? A(1) : A(0);
-            grad_weight[row * M + m] = present * (total - dot_y) / scale;
+            const bool present = rw.present >> m & 1u;
+            grad_weight[row * M + m] = (present ? (total - dot_y) / scale : A(0)) + poison;
           }
         }
       }

@@ -38,8 +38,14 @@ void check_noise_inputs(const at::Tensor& x, const at::Tensor& p_drop, const at:
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_modality_dropout_cuda(
     const at::Tensor& x, const at::Tensor& p_drop, const at::Tensor& sigma, bool sigma_levels,
-    int64_t seed, int64_t offset, double fill) {
+    int64_t seed, const at::Tensor& offset, double fill) {
   check_noise_inputs(x, p_drop, sigma, sigma_levels);
+  // BRIEF contract 1: a 0-d int64 tensor on x's device, read by the kernels (no host sync).
+  check_cuda_tensor(offset, "offset");
+  check_same_device(offset, "offset", x);
+  check_dtype(offset, "offset", at::kLong);
+  TORCH_CHECK(offset.dim() == 0, "noisy_modality_dropout: argument 'offset' expected a 0-d "
+              "tensor, got shape ", offset.sizes());
   const int64_t B = x.size(0), numel = x.numel();
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = at::empty_like(x);
@@ -47,11 +53,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_modality_dropout_cuda(
   at::Tensor sigma_used = at::empty({B}, x.options().dtype(at::kFloat));
   if (B == 0) return {y, keep, sigma_used};
   // Python ints arrive as int64; the streams use their two's-complement bits (as the CPU kernel).
-  const auto useed = static_cast<uint64_t>(seed), uoffset = static_cast<uint64_t>(offset);
+  const auto useed = static_cast<uint64_t>(seed);
+  const int64_t* offset_ptr = const_ptr<int64_t>(offset);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  noise_per_sample_kernel<<<grid_blocks(B, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
+  noise_per_sample_kernel<<<grid_blocks(noise_per_sample_kernel, B, kThreadsPerBlock),
+                            kThreadsPerBlock, 0, stream>>>(
       const_ptr<float>(p_drop), p_drop.numel(), const_ptr<float>(sigma), sigma.numel(),
-      sigma_levels, useed, uoffset, B, mutable_ptr<bool>(keep), mutable_ptr<float>(sigma_used));
+      sigma_levels, useed, offset_ptr, B, mutable_ptr<bool>(keep), mutable_ptr<float>(sigma_used));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (numel == 0) return {y, keep, sigma_used};
   dispatch_float_type(x.scalar_type(), "noisy_modality_dropout", [&](auto tag) {
@@ -62,8 +70,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_modality_dropout_cuda(
     const bool vectorized = is_aligned(xp, kVectorBytes) && is_aligned(yp, kVectorBytes);
     const int64_t chunks = ceil_div(numel, noise_chunk_elems<T>());
     noisy_modality_dropout_kernel<T>
-        <<<grid_blocks(chunks, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
-            xp, const_ptr<bool>(keep), const_ptr<float>(sigma_used), useed, uoffset,
+        <<<grid_blocks(noisy_modality_dropout_kernel<T>, chunks, kThreadsPerBlock),
+           kThreadsPerBlock, 0, stream>>>(
+            xp, const_ptr<bool>(keep), const_ptr<float>(sigma_used), useed, offset_ptr,
             static_cast<A>(fill), numel, numel / B, vectorized, yp);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

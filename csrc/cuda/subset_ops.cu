@@ -61,9 +61,9 @@ at::Tensor subset_logits_cuda(const at::Tensor& z, const at::Tensor& subsets,
     const bool vectorized = rows_vectorizable<T>(s.C, {zp, out});
     const int vec = vectorized ? vector_width<T>() : 1;
     const int lanes = next_power_of_two_at_most_32(ceil_div(s.C, vec));
-    const unsigned blocks = grid_blocks(s.S * s.B, rows_per_block(lanes));
     auto kernel = vectorized ? subset_logits_kernel<T, vector_width<T>()>
                              : subset_logits_kernel<T, 1>;
+    const unsigned blocks = grid_blocks(kernel, s.S * s.B, rows_per_block(lanes));
     kernel<<<blocks, kThreadsPerBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
         zp, const_ptr<bool>(subsets), optional_ptr<A>(weight), optional_ptr<bool>(present), s.B,
         static_cast<int>(s.M), s.C, s.S, lanes, out);
@@ -102,9 +102,11 @@ at::Tensor subset_accuracy_cuda(const at::Tensor& z, const at::Tensor& target,
       const SubsetAccuracyLayout<A> layout = accuracy_layout<A>(s.M, s.C, count);
       TORCH_CHECK(layout.total_bytes() <= 48 * 1024, "subset_accuracy: shared memory layout of ",
                   layout.total_bytes(), " bytes exceeds the 48 KiB default");
-      const unsigned blocks = grid_blocks(s.B, layout.tile_rows);
+      const auto smem = static_cast<size_t>(layout.total_bytes());
+      const unsigned blocks =
+          grid_blocks(subset_accuracy_kernel<T>, s.B, layout.tile_rows, smem);
       subset_accuracy_kernel<T>
-          <<<blocks, kThreadsPerBlock, static_cast<size_t>(layout.total_bytes()), stream>>>(
+          <<<blocks, kThreadsPerBlock, smem, stream>>>(
               const_ptr<T>(z), const_ptr<int64_t>(target),
               const_ptr<bool>(subsets) + first * s.M, optional_ptr<A>(weight),
               optional_ptr<bool>(present), s.B, s.C, layout,

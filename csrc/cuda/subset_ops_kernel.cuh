@@ -13,25 +13,29 @@
 namespace mmfast {
 namespace cuda {
 
-// ws_m = subset_m * (weight_m * present_m) for m < M (0 beyond); returns sum_m ws_m.
+// Subset s of a row: the row's fusion weights restricted to the subset (ws_m = subset_m ?
+// w_m : 0, selected), the modalities to read (subset & present) and the normaliser.
 template <typename A>
-MMFAST_DEVICE A subset_weights(const bool* subset_row, const bool* present_row,
-                               const A* weight_row, int M, A ws[kMaxModalities]) {
-  fusion_weights<A>(present_row, weight_row, M, ws);
-  A denom = A(0);
+MMFAST_DEVICE RowWeights<A> subset_weights(const bool* subset_row, const bool* present_row,
+                                           const A* weight_row, int M) {
+  RowWeights<A> r = fusion_weights<A>(present_row, weight_row, M);
+  r.denom = A(0);
 #pragma unroll
   for (int m = 0; m < kMaxModalities; ++m) {
     if (m < M) {
-      ws[m] = (subset_row[m] ? A(1) : A(0)) * ws[m];
-      denom += ws[m];
+      const bool chosen = subset_row[m];
+      r.w[m] = chosen ? r.w[m] : A(0);
+      r.present &= chosen ? ~0u : ~(1u << m);
+      r.denom += r.w[m];
     }
   }
-  return denom;
+  return r;
 }
 
 // scores[s, b, :] = masked_fusion(z_b, subset_s & present_b, weight_b): a group of `lanes`
 // threads per (s, b) pair, pairs visited b-major so the S groups reading z_b run together and
-// share it in cache. VEC as in masked_fusion (16-byte vectors when C allows).
+// share it in cache. VEC as in masked_fusion (16-byte vectors when C allows). Modalities
+// outside subset_s & present_b are never read; a row with an invalid weight gets NaN scores.
 template <typename T, int VEC>
 __global__ void subset_logits_kernel(const T* __restrict__ z, const bool* __restrict__ subsets,
                                      const opmath_t<T>* __restrict__ weight,
@@ -43,11 +47,12 @@ __global__ void subset_logits_kernel(const T* __restrict__ z, const bool* __rest
   for (int64_t p = g.first_row; p < pairs; p += g.row_step) {
     const int64_t b = p / S;
     const int64_t s = p - b * S;
-    A ws[kMaxModalities];
-    const A den = subset_weights<A>(subsets + s * M, present == nullptr ? nullptr : present + b * M,
-                                    weight == nullptr ? nullptr : weight + b * M, M, ws);
-    const A scale = den > A(0) ? den : A(1);
-    fuse_row<T, VEC>(z + b * M * C, ws, M, C, scale, scores + (s * B + b) * C, g.lane, g.lanes);
+    const RowWeights<A> rw =
+        subset_weights<A>(subsets + s * M, present == nullptr ? nullptr : present + b * M,
+                          weight == nullptr ? nullptr : weight + b * M, M);
+    const A scale = rw.denom > A(0) ? rw.denom : A(1);
+    fuse_row<T, VEC>(z + b * M * C, rw.w, rw.present, M, C, scale, rw.bad,
+                     scores + (s * B + b) * C, g.lane, g.lanes);
   }
 }
 
@@ -79,7 +84,8 @@ struct SubsetAccuracyLayout {
   }
 };
 
-// correct[s] += #{b : argmax_c scores_sbc == target_b} (ties: lowest index, NaN wins), in one
+// correct[s] += #{b : argmax_c scores_sbc == target_b} (ties: lowest index; a row with a NaN
+// score, an invalid weight or a target outside [0, C) counts as wrong), in one
 // pass over z and without materialising the (S, B, C) scores. A block takes R rows at a time
 // and stages their z in shared memory CT classes at a time; thread p owns the (row, subset)
 // pairs p, p + blockDim.x, ... and carries their running argmax in shared memory across the
@@ -112,10 +118,18 @@ __global__ void subset_accuracy_kernel(const T* __restrict__ z,
     for (int i = tid; i < R * M; i += threads) {
       const int64_t b = row0 + i / M;
       const int m = i % M;
+      // w = present ? weight : 0; NaN marks an absent modality (never read) or, in every
+      // slot of the row, an invalid weight (the row never counts).
       A w = A(0);
       if (b < B) {
-        const A pres = present == nullptr || present[b * M + m] ? A(1) : A(0);
-        w = weight == nullptr ? pres : weight[b * M + m] * pres;
+        const bool pres = present == nullptr || present[b * M + m];
+        const A weight_bm = weight == nullptr ? A(1) : weight[b * M + m];
+        w = pres ? weight_bm : A(NAN);
+        bool row_bad = false;
+        for (int j = 0; weight != nullptr && j < M; ++j) {
+          row_bad = row_bad || !is_valid_scale(weight[b * M + j]);
+        }
+        if (row_bad) w = A(INFINITY);
       }
       row_weights[i] = w;
     }
@@ -130,7 +144,8 @@ __global__ void subset_accuracy_kernel(const T* __restrict__ z,
         const int m = rem / CT;
         const int c = rem - m * CT;
         const int64_t b = row0 + r;
-        tile[i] = b < B && c < cn ? to_opmath(z[(b * M + m) * C + c0 + c]) : A(0);
+        const bool read = b < B && c < cn && (present == nullptr || present[b * M + m]);
+        tile[i] = read ? to_opmath(z[(b * M + m) * C + c0 + c]) : A(0);
       }
       __syncthreads();
       for (int p = tid; p < pairs; p += threads) {
@@ -139,11 +154,15 @@ __global__ void subset_accuracy_kernel(const T* __restrict__ z,
         if (row0 + r >= B) continue;
         A ws[kMaxModalities];
         A den = A(0);
+        unsigned use = 0;
 #pragma unroll
         for (int m = 0; m < kMaxModalities; ++m) {
           ws[m] = A(0);
           if (m < M) {
-            ws[m] = (subsets[s * M + m] ? A(1) : A(0)) * row_weights[r * M + m];
+            const A w = row_weights[r * M + m];
+            const bool chosen = subsets[s * M + m] && w == w;  // NaN: absent
+            ws[m] = chosen ? w : A(0);
+            use |= chosen ? 1u << m : 0u;
             den += ws[m];
           }
         }
@@ -155,7 +174,7 @@ __global__ void subset_accuracy_kernel(const T* __restrict__ z,
           A num = A(0);
 #pragma unroll
           for (int m = 0; m < kMaxModalities; ++m) {
-            if (m < M) num += ws[m] * tile_row[m * CT + c];
+            if (m < M && (use >> m & 1u)) num += ws[m] * tile_row[m * CT + c];
           }
           const A score = num / scale;
           if (best_c < 0 || beats_max(score, best)) {
@@ -171,7 +190,11 @@ __global__ void subset_accuracy_kernel(const T* __restrict__ z,
     for (int p = tid; p < pairs; p += threads) {
       const int r = p / S;
       const int64_t b = row0 + r;
-      if (b < B && best_index[p] == target[b]) atomicAdd(&block_correct[p - r * S], 1ULL);
+      // Wrong: a NaN score (it wins the argmax and keeps it), an invalid weight (+inf in the
+      // row's weight slots), a target outside [0, C) (only compared).
+      const bool countable = b < B && best_value[p] == best_value[p] &&
+                             row_weights[r * M] != A(INFINITY);
+      if (countable && best_index[p] == target[b]) atomicAdd(&block_correct[p - r * S], 1ULL);
     }
   }
   __syncthreads();

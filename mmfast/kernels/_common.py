@@ -21,8 +21,11 @@ import triton.language as tl
 __all__ = [
     "FLOAT_DTYPES",
     "interpreting",
+    "autotune_enabled",
     "active_configs",
     "autotune",
+    "rows_bucket",
+    "stream_capturing",
     "tile_blocks",
     "row_tile_heuristics",
     "check_float_dtype",
@@ -31,6 +34,7 @@ __all__ = [
     "opmath_tl",
     "as_bytes",
     "on_input_device",
+    "is_finite",
     "first_argmin",
     "replaces_running_min",
     "cast_for_store",
@@ -45,13 +49,72 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def autotune_enabled() -> bool:
+    """False when ``MMFAST_TRITON_AUTOTUNE=0``: every kernel then runs its default config (the
+    first of its GPU list) without benchmarking, e.g. in ``scripts/gpu_check.sh test``."""
+    return os.environ.get("MMFAST_TRITON_AUTOTUNE", "1") != "0"
+
+
 def active_configs(
     gpu_configs: Sequence[triton.Config], interpreter_config: triton.Config
 ) -> list[triton.Config]:
-    """The configs a kernel is tuned over here: all of them on a GPU, one under the interpreter
-    (2+ configs make the interpreter's benchmarker ask for a driver; one large tile also keeps
-    the number of ~3 ms interpreted program instances small)."""
-    return [interpreter_config] if interpreting() else list(gpu_configs)
+    """The configs a kernel is tuned over here: all of them on a GPU (only the first, its
+    default, when :func:`autotune_enabled` is false), one under the interpreter (2+ configs
+    make the interpreter's benchmarker ask for a driver; one large tile also keeps the number
+    of ~3 ms interpreted program instances small)."""
+    if interpreting():
+        return [interpreter_config]
+    return list(gpu_configs) if autotune_enabled() else [gpu_configs[0]]
+
+
+def rows_bucket(rows: int) -> int:
+    """The batch-size part of an autotune key: ``rows`` rounded up to a power of two, so a
+    config tuned on a tiny first batch is not kept for every later, larger one (and a new
+    size within the bucket does not re-tune). Kernels take it as ``ROWS_BUCKET``."""
+    return triton.next_power_of_2(max(int(rows), 1))
+
+
+def stream_capturing() -> bool:
+    """True while the current CUDA stream is being captured into a CUDA graph."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+class _CaptureSafeAutotuner(triton.runtime.autotuner.Autotuner):
+    """An Autotuner that never benchmarks inside CUDA-graph capture.
+
+    Benchmarking launches every config many times and synchronises, which is illegal while a
+    graph is captured. During capture a key that has not been tuned yet runs the default
+    config (``configs[0]``) and stays untuned, so the first eager call tunes it as usual.
+    """
+
+    def _tuning_key(self, args: tuple, kwargs: dict) -> tuple:
+        # The key Autotuner.run builds (Triton 3.x): the key args, then every tensor's dtype.
+        named = {**dict(zip(self.arg_names, args)), **kwargs}
+        named = {k: v for k, v in named.items() if k in self.arg_names}
+        key = [named[k] for k in self.keys if k in named]
+        key += [str(v.dtype) for v in named.values() if hasattr(v, "dtype")]
+        return tuple(key)
+
+    def run(self, *args, **kwargs):
+        if (len(self.configs) > 1 and stream_capturing()
+                and self._tuning_key(args, kwargs) not in self.cache):
+            config = self.configs[0]
+            self.nargs = dict(zip(self.arg_names, args))
+            if config.pre_hook is not None:
+                config.pre_hook({**self.nargs, **kwargs, **config.all_kwargs()})
+            try:
+                return self.fn.run(*args, **kwargs, **config.all_kwargs())
+            finally:
+                self.nargs = None
+        return super().run(*args, **kwargs)
+
+
+def capture_safe(tuner: triton.runtime.autotuner.Autotuner) -> _CaptureSafeAutotuner:
+    """``tuner`` (built by ``triton.autotune``) turned into a :class:`_CaptureSafeAutotuner`
+    in place: the constructor's signature differs between Triton versions, the class does
+    not."""
+    tuner.__class__ = _CaptureSafeAutotuner
+    return tuner
 
 
 def autotune(
@@ -60,13 +123,18 @@ def autotune(
     key: Iterable[str],
     **kwargs,
 ):
-    """``triton.autotune`` over :func:`active_configs`.
+    """``triton.autotune`` over :func:`active_configs`, safe inside CUDA-graph capture.
 
-    Decided when the kernel is decorated, so ``TRITON_INTERPRET`` must be set before the
-    kernel module is imported (tests/conftest.py does this).
+    Decided when the kernel is decorated, so ``TRITON_INTERPRET`` (and
+    ``MMFAST_TRITON_AUTOTUNE``) must be set before the kernel module is imported
+    (tests/conftest.py does this). Every autotuned kernel writes each of its outputs with
+    plain stores covering the whole output whatever the config (no accumulation across
+    programs, no rows left to an earlier config), so benchmarking on the real outputs is
+    harmless.
     """
     configs = active_configs(gpu_configs, interpreter_config)
-    return triton.autotune(configs=configs, key=list(key), **kwargs)
+    decorator = triton.autotune(configs=configs, key=list(key), **kwargs)
+    return lambda fn: capture_safe(decorator(fn))
 
 
 def _pow2_at_most(n: int, cap: int) -> int:
@@ -177,6 +245,12 @@ def cast_for_store(value, ptr):
             bits = bits + 0x7FFF + ((bits >> 16) & 1)
             out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return out
+
+
+@triton.jit
+def is_finite(v):
+    """Elementwise: neither NaN nor +-inf."""
+    return tl.abs(v) < float("inf")
 
 
 @triton.jit

@@ -24,11 +24,13 @@ from mmfast.kernels._common import (
     check_contiguous,
     check_float_dtype,
     first_argmin,
+    is_finite,
     on_input_device,
     opmath_dtype,
     opmath_tl,
     replaces_running_min,
     row_tile_heuristics,
+    rows_bucket,
 )
 
 __all__ = ["forward", "backward"]
@@ -96,40 +98,54 @@ def _norm_finish(acc, q, NORM: tl.constexpr):
 
 
 @triton.jit
-def _presence(mask_ptr, rows, row_ok, m, M: tl.constexpr, HAS_MASK: tl.constexpr,
-              ACC: tl.constexpr):
-    """mask_bm as 0/1 in ACC for the rows of a block (1 when the op has no mask)."""
+def _presence(mask_ptr, rows, row_ok, m, M: tl.constexpr, HAS_MASK: tl.constexpr):
+    """mask_bm as bool for the rows of a block (row_ok when the op has no mask)."""
     if HAS_MASK:
-        present = tl.load(mask_ptr + rows * M + m, mask=row_ok, other=0).to(ACC)
+        present = row_ok & (tl.load(mask_ptr + rows * M + m, mask=row_ok, other=0) != 0)
     else:
-        present = tl.full(rows.shape, 1.0, ACC)
+        present = row_ok
     return present
 
 
-@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG,
-          key=["C", "M", "HAS_MASK", "HAS_BIAS", "LIP_FULL", "NORM", "TOP_RIVAL"])
-@row_tile_heuristics("B", "C", "BLOCK_B", "BLOCK_C")
 @triton.jit
+def _valid_lip(v):
+    """A Lipschitz value the kernel may use: finite and >= 0 (BRIEF contract 2)."""
+    return is_finite(v) & (v >= 0)
+
+
+@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG,
+          key=["C", "M", "HAS_MASK", "HAS_BIAS", "LIP_FULL", "NORM", "TOP_RIVAL", "ROWS_BUCKET"])
+@row_tile_heuristics("B", "C", "BLOCK_B", "BLOCK_C")
+@triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _forward_kernel(
     z_ptr, target_ptr, lip_ptr, mask_ptr, bias_ptr, radius_ptr, margin_ptr, runner_up_ptr,
-    B, C, q,
+    B, C, q, ROWS_BUCKET,
     M: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, LIP_FULL: tl.constexpr,
     NORM: tl.constexpr, TOP_RIVAL: tl.constexpr, ACC: tl.constexpr, TILE: tl.constexpr,
     WIDTH_CAP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    # Poisoned rows (radius NaN, margin NaN, runner_up -1; never a certificate): a target
+    # outside [0, C) (never used as an index), a non-finite logit among the present
+    # modalities' values read, a lip value read that is NaN, infinite or negative. An absent
+    # modality's logits are never loaded.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     y = tl.load(target_ptr + rows, mask=row_ok, other=0)
+    y_ok = row_ok & (y >= 0) & (y < C)
+    y = tl.where(y_ok, y, 0)
     y32 = y.to(tl.int32)
+    bad = row_ok & ~y_ok
     bias_y = tl.zeros([BLOCK_B], dtype=ACC)
     if HAS_BIAS:
-        bias_y = tl.load(bias_ptr + y, mask=row_ok, other=0).to(ACC)
+        bias_y = tl.load(bias_ptr + y, mask=y_ok, other=0).to(ACC)
     if not LIP_FULL:  # (M,) lip: one denominator per row
         row_norm = tl.zeros([BLOCK_B], dtype=ACC)
         for m in tl.static_range(M):
-            present = _presence(mask_ptr, rows, row_ok, m, M, HAS_MASK, ACC)
-            row_norm = _norm_accumulate(row_norm, present * tl.load(lip_ptr + m).to(ACC), q, NORM)
+            present = _presence(mask_ptr, rows, row_ok, m, M, HAS_MASK)
+            lip_m = tl.zeros([BLOCK_B], dtype=ACC) + tl.load(lip_ptr + m).to(ACC)
+            bad = bad | (row_ok & ~_valid_lip(lip_m))
+            row_norm = _norm_accumulate(row_norm, tl.where(present, lip_m, 0.0), q, NORM)
         row_den = _norm_finish(row_norm, q, NORM)
 
     best_key = tl.full([BLOCK_B], float("inf"), ACC)
@@ -138,22 +154,27 @@ def _forward_kernel(
     best_margin = tl.zeros([BLOCK_B], dtype=ACC)
     for c0 in range(0, C, BLOCK_C):
         ks = c0 + tl.arange(0, BLOCK_C)
-        tile_ok = row_ok[:, None] & (ks < C)[None, :]
+        tile_ok = y_ok[:, None] & (ks < C)[None, :]
         margin = tl.zeros([BLOCK_B, BLOCK_C], dtype=ACC)
         score = tl.zeros([BLOCK_B, BLOCK_C], dtype=ACC)
         norm = tl.zeros([BLOCK_B, BLOCK_C], dtype=ACC)
+        nonfinite = tl.zeros([BLOCK_B, BLOCK_C], dtype=tl.int1)
         for m in tl.static_range(M):
-            present = _presence(mask_ptr, rows, row_ok, m, M, HAS_MASK, ACC)
+            present = _presence(mask_ptr, rows, row_ok, m, M, HAS_MASK)
+            read = tile_ok & present[:, None]
             z_row = z_ptr + (rows * M + m) * C
-            z_y = tl.load(z_row + y, mask=row_ok, other=0).to(ACC)
-            z_k = tl.load(z_row[:, None] + ks[None, :], mask=tile_ok, other=0).to(ACC)
-            margin += present[:, None] * (z_y[:, None] - z_k)
+            z_y = tl.load(z_row + y, mask=y_ok & present, other=0).to(ACC)
+            z_k = tl.load(z_row[:, None] + ks[None, :], mask=read, other=0).to(ACC)
+            nonfinite = nonfinite | (read & ~is_finite(z_k))
+            margin += z_y[:, None] - z_k  # zero for absent modalities: nothing loaded
             if TOP_RIVAL:
-                score += present[:, None] * z_k
+                score += z_k
             if LIP_FULL:
                 lip_row = lip_ptr + (m * C + y) * C  # lip[m, y_b, :]
                 lip_yk = tl.load(lip_row[:, None] + ks[None, :], mask=tile_ok, other=0).to(ACC)
-                norm = _norm_accumulate(norm, present[:, None] * lip_yk, q, NORM)
+                nonfinite = nonfinite | (tile_ok & ~_valid_lip(lip_yk))
+                norm = _norm_accumulate(norm, tl.where(present[:, None], lip_yk, 0.0), q, NORM)
+        bad = bad | (tl.max(nonfinite.to(tl.int32), axis=1) > 0)
         if HAS_BIAS:
             bias_k = tl.load(bias_ptr + ks, mask=ks < C, other=0).to(ACC)
             margin += bias_y[:, None] - bias_k[None, :]
@@ -179,42 +200,52 @@ def _forward_kernel(
         best_margin = tl.where(take, tl.sum(tl.where(hit, margin, 0.0), axis=1), best_margin)
         best_key = tl.where(take, chunk_key, best_key)
         best_k = tl.where(take, chunk_k, best_k)
+    best_r = tl.where(bad, float("nan"), best_r)
+    best_margin = tl.where(bad, float("nan"), best_margin)
+    best_k = tl.where(bad, -1, best_k)
     tl.store(radius_ptr + rows, best_r, mask=row_ok)
     tl.store(margin_ptr + rows, best_margin, mask=row_ok)
     tl.store(runner_up_ptr + rows, best_k.to(tl.int64), mask=row_ok)
 
 
-@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG, key=["C", "M", "HAS_MASK", "LIP_FULL", "NORM"])
+@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG,
+          key=["C", "M", "HAS_MASK", "LIP_FULL", "NORM", "ROWS_BUCKET"])
 @row_tile_heuristics("B", "C", "BLOCK_B", "BLOCK_C")
-@triton.jit
+@triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _backward_kernel(
     grad_radius_ptr, grad_margin_ptr, target_ptr, lip_ptr, mask_ptr, margin_ptr, runner_up_ptr,
-    grad_z_ptr, grad_lip_ptr, B, C, q,
+    grad_z_ptr, grad_lip_ptr, B, C, q, ROWS_BUCKET,
     M: tl.constexpr, BLOCK_M: tl.constexpr, HAS_MASK: tl.constexpr, LIP_FULL: tl.constexpr,
     NORM: tl.constexpr, ACC: tl.constexpr, TILE: tl.constexpr, WIDTH_CAP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    # Rows without a valid (target, runner_up) pair (runner_up -1: C == 1 or a poisoned row)
+    # get all-zero gradients and read no lip entry.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     y = tl.load(target_ptr + rows, mask=row_ok, other=0)
     k = tl.load(runner_up_ptr + rows, mask=row_ok, other=0)
-    g_radius = tl.load(grad_radius_ptr + rows, mask=row_ok, other=0).to(ACC)
-    g_margin = tl.load(grad_margin_ptr + rows, mask=row_ok, other=0).to(ACC)
-    margin = tl.load(margin_ptr + rows, mask=row_ok, other=0).to(ACC)
+    pair_ok = row_ok & (y >= 0) & (y < C) & (k >= 0) & (k < C) & (k != y)
+    y = tl.where(pair_ok, y, 0)
+    k = tl.where(pair_ok, k, 0)
+    g_radius = tl.load(grad_radius_ptr + rows, mask=pair_ok, other=0).to(ACC)
+    g_margin = tl.load(grad_margin_ptr + rows, mask=pair_ok, other=0).to(ACC)
+    margin = tl.load(margin_ptr + rows, mask=pair_ok, other=0).to(ACC)
 
     # v_bm = mask_bm * lip_m[y_b, k_b] and den_b = ||v_b||_q, as in the forward.
     ms = tl.arange(0, BLOCK_M)
-    bm_ok = row_ok[:, None] & (ms < M)[None, :]
+    bm_ok = pair_ok[:, None] & (ms < M)[None, :]
     if HAS_MASK:
-        present = tl.load(mask_ptr + rows[:, None] * M + ms[None, :], mask=bm_ok, other=0)
-        present = present.to(ACC)
+        present = tl.load(mask_ptr + rows[:, None] * M + ms[None, :], mask=bm_ok, other=0) != 0
+        present = bm_ok & present
     else:
-        present = tl.where(bm_ok, 1.0, 0.0).to(ACC)
+        present = bm_ok
     if LIP_FULL:
         lip_offs = (ms[None, :] * C + y[:, None]) * C + k[:, None]
     else:
         lip_offs = ms[None, :] + tl.zeros([BLOCK_B, BLOCK_M], dtype=tl.int64)
-    v = present * tl.load(lip_ptr + lip_offs, mask=bm_ok, other=0).to(ACC)
+    v = tl.load(lip_ptr + lip_offs, mask=present, other=0).to(ACC)
+    presentf = present.to(ACC)
     if NORM == NORM_MAX:
         den = tl.max(v, axis=1)
         # amax's gradient is shared evenly by tied maxima (as autograd, cpp and CUDA do).
@@ -222,18 +253,20 @@ def _backward_kernel(
         d_den = tied / tl.maximum(tl.sum(tied, axis=1), 1.0)[:, None]
     elif NORM == NORM_L2:
         den = tl.sqrt(tl.sum(v * v, axis=1))
-        d_den = present * v / tl.where(den > 0, den, 1.0)[:, None]
+        d_den = presentf * v / tl.where(den > 0, den, 1.0)[:, None]
     elif NORM == NORM_POW:
         den = _positive_pow(tl.sum(_positive_pow(v, q), axis=1), 1.0 / q)
-        d_den = present * _positive_pow(v / tl.where(den > 0, den, 1.0)[:, None], q - 1.0)
+        d_den = presentf * _positive_pow(v / tl.where(den > 0, den, 1.0)[:, None], q - 1.0)
     else:
         den = tl.sum(v, axis=1)
-        d_den = present
+        d_den = presentf
     positive = den > 0
     safe_den = tl.where(positive, den, 1.0)
     # d radius / d den = -margin / den^2, zero where den == 0 (radius is +-inf or 0 there).
     g_den = tl.where(positive, -g_radius * margin / (safe_den * safe_den), 0.0)
-    tl.store(grad_lip_ptr + rows[:, None] * M + ms[None, :], g_den[:, None] * d_den, mask=bm_ok)
+    tl.store(grad_lip_ptr + rows[:, None] * M + ms[None, :],
+             tl.where(present, g_den[:, None] * d_den, 0.0),
+             mask=row_ok[:, None] & (ms < M)[None, :])
 
     # grad_z[b, m, c] = mask_bm * g_b * ([c == y_b] - [c == k_b]).
     y32 = y.to(tl.int32)
@@ -244,7 +277,8 @@ def _backward_kernel(
         sign = ((ks[None, :] == y32[:, None]).to(ACC)
                 - (ks[None, :] == k.to(tl.int32)[:, None]).to(ACC))
         for m in tl.static_range(M):
-            coef = _presence(mask_ptr, rows, row_ok, m, M, HAS_MASK, ACC) * g
+            present_m = pair_ok & _presence(mask_ptr, rows, pair_ok, m, M, HAS_MASK)
+            coef = tl.where(present_m, g, 0.0)
             offs = (rows * M + m)[:, None] * C + ks[None, :]
             tl.store(grad_z_ptr + offs, cast_for_store(coef[:, None] * sign, grad_z_ptr),
                      mask=tile_ok)
@@ -300,8 +334,9 @@ def forward(
 
     _forward_kernel[grid](
         z, target, lip, as_bytes(mask), bias, radius, margin, runner_up, B, C, float(q),
-        M=M, HAS_MASK=mask is not None, HAS_BIAS=bias is not None, LIP_FULL=lip.dim() == 3,
-        NORM=norm_kind(q), TOP_RIVAL=bool(top_rival), ACC=opmath_tl(z.dtype),
+        rows_bucket(B), M=M, HAS_MASK=mask is not None, HAS_BIAS=bias is not None,
+        LIP_FULL=lip.dim() == 3, NORM=norm_kind(q), TOP_RIVAL=bool(top_rival),
+        ACC=opmath_tl(z.dtype),
     )
     return radius, margin, runner_up
 
@@ -339,7 +374,7 @@ def backward(
 
     _backward_kernel[grid](
         grad_radius, grad_margin, target, lip, as_bytes(mask), margin, runner_up, grad_z,
-        grad_lip, B, C, float(q),
+        grad_lip, B, C, float(q), rows_bucket(B),
         M=M, BLOCK_M=triton.next_power_of_2(M), HAS_MASK=mask is not None,
         LIP_FULL=lip.dim() == 3, NORM=norm_kind(q), ACC=opmath_tl(z.dtype),
     )

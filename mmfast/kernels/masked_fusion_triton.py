@@ -19,10 +19,12 @@ from mmfast.kernels._common import (
     cast_for_store,
     check_contiguous,
     check_float_dtype,
+    is_finite,
     on_input_device,
     opmath_dtype,
     opmath_tl,
     row_tile_heuristics,
+    rows_bucket,
 )
 
 __all__ = ["forward", "backward"]
@@ -51,11 +53,17 @@ _INTERPRETER_CONFIG = triton.Config({"TILE": 1 << 14, "WIDTH_CAP": 1024})
 @triton.jit
 def _modality_weight(mask_ptr, weight_ptr, rows, row_ok, m, M: tl.constexpr,
                      HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
-    """w_bm = weight_bm * mask_bm (weight None -> 1) for the rows of a block, in ACC."""
-    w = tl.load(mask_ptr + rows * M + m, mask=row_ok, other=0).to(ACC)
+    """(present_bm, w_bm, bad_bm) for the rows of a block: w = mask ? weight : 0 (weight None
+    -> 1) in ACC, selected rather than multiplied; bad = weight not finite or negative
+    (BRIEF contract 2: the kernel cannot raise, it poisons the row with NaN)."""
+    present = tl.load(mask_ptr + rows * M + m, mask=row_ok, other=0) != 0
+    w = present.to(ACC)
+    bad = tl.zeros(rows.shape, tl.int1)
     if HAS_WEIGHT:
-        w = w * tl.load(weight_ptr + rows * M + m, mask=row_ok, other=0).to(ACC)
-    return w
+        weight = tl.load(weight_ptr + rows * M + m, mask=row_ok, other=0).to(ACC)
+        w = tl.where(present, weight, 0.0)
+        bad = ~(is_finite(weight) & (weight >= 0))
+    return present, w, bad
 
 
 @triton.jit
@@ -68,15 +76,18 @@ def _divisor(denom, NORMALIZE: tl.constexpr):
     return divisor
 
 
-@autotune(_FORWARD_CONFIGS, _INTERPRETER_CONFIG, key=["D", "M", "HAS_WEIGHT", "NORMALIZE"])
+@autotune(_FORWARD_CONFIGS, _INTERPRETER_CONFIG,
+          key=["D", "M", "HAS_WEIGHT", "NORMALIZE", "ROWS_BUCKET"])
 @row_tile_heuristics("B", "D", "BLOCK_B", "BLOCK_D")
-@triton.jit
+@triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _forward_kernel(
-    x_ptr, mask_ptr, weight_ptr, y_ptr, denom_ptr, B, D,
+    x_ptr, mask_ptr, weight_ptr, y_ptr, denom_ptr, B, D, ROWS_BUCKET,
     M: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr,
     TILE: tl.constexpr, WIDTH_CAP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    # An absent modality's x is never loaded (NaN there cannot leak); a row with an invalid
+    # weight gets y = NaN and denom = NaN.
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     rows = pid_b.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -85,12 +96,19 @@ def _forward_kernel(
     tile_ok = row_ok[:, None] & (cols < D)[None, :]
     num = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
     denom = tl.zeros([BLOCK_B], dtype=ACC)
+    bad = tl.zeros([BLOCK_B], tl.int1)
     for m in tl.static_range(M):
-        w = _modality_weight(mask_ptr, weight_ptr, rows, row_ok, m, M, HAS_WEIGHT, ACC)
+        present, w, bad_m = _modality_weight(mask_ptr, weight_ptr, rows, row_ok, m, M,
+                                             HAS_WEIGHT, ACC)
         denom += w
-        x = tl.load(x_ptr + (rows * M + m)[:, None] * D + cols[None, :], mask=tile_ok, other=0)
+        bad = bad | bad_m
+        x = tl.load(x_ptr + (rows * M + m)[:, None] * D + cols[None, :],
+                    mask=tile_ok & present[:, None], other=0)
         num += w[:, None] * x.to(ACC)
     y = num / _divisor(denom, NORMALIZE)[:, None]
+    if HAS_WEIGHT:
+        y = tl.where(bad[:, None], float("nan"), y)
+        denom = tl.where(bad, float("nan"), denom)
     tl.store(y_ptr + rows[:, None] * D + cols[None, :], cast_for_store(y, y_ptr),
              mask=tile_ok)
     if pid_d == 0:
@@ -98,20 +116,29 @@ def _forward_kernel(
 
 
 @autotune(_BACKWARD_CONFIGS, _INTERPRETER_CONFIG,
-          key=["D", "M", "HAS_WEIGHT", "NORMALIZE", "NEED_GRAD_WEIGHT"])
+          key=["D", "M", "HAS_WEIGHT", "NORMALIZE", "NEED_GRAD_WEIGHT", "ROWS_BUCKET"])
 @row_tile_heuristics("B", "D", "BLOCK_B", "BLOCK_D")
-@triton.jit
+@triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _backward_kernel(
     grad_y_ptr, x_ptr, mask_ptr, weight_ptr, denom_ptr, grad_x_ptr, grad_w_ptr, B, D,
+    ROWS_BUCKET,
     M: tl.constexpr, BLOCK_M: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORMALIZE: tl.constexpr,
     NEED_GRAD_WEIGHT: tl.constexpr, ACC: tl.constexpr, TILE: tl.constexpr,
     WIDTH_CAP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    # Absent modalities: grad_x = 0 and grad_weight = 0, their x never loaded. A row with an
+    # invalid weight gets NaN gradients (as its forward outputs).
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     modalities = tl.arange(0, BLOCK_M)
     divisor = _divisor(tl.load(denom_ptr + rows, mask=row_ok, other=1), NORMALIZE)
+    bad = tl.zeros([BLOCK_B], tl.int1)
+    for m in tl.static_range(M):
+        _, _, bad_m = _modality_weight(mask_ptr, weight_ptr, rows, row_ok, m, M, HAS_WEIGHT,
+                                       ACC)
+        bad = bad | bad_m
+    poison = tl.where(bad, float("nan"), 0.0).to(ACC)  # added to every output of the row
     dot_x = tl.zeros([BLOCK_B, BLOCK_M], dtype=ACC)  # sum_d gy * x_m
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
@@ -119,24 +146,28 @@ def _backward_kernel(
         gy = tl.load(grad_y_ptr + rows[:, None] * D + cols[None, :], mask=tile_ok, other=0)
         gy = gy.to(ACC)
         for m in tl.static_range(M):
-            w = _modality_weight(mask_ptr, weight_ptr, rows, row_ok, m, M, HAS_WEIGHT, ACC)
+            present, w, _ = _modality_weight(mask_ptr, weight_ptr, rows, row_ok, m, M,
+                                             HAS_WEIGHT, ACC)
             x_offs = (rows * M + m)[:, None] * D + cols[None, :]
-            grad_x = gy * (w / divisor)[:, None]
+            grad_x = tl.where(present[:, None], gy * (w / divisor)[:, None], 0.0)
+            grad_x = grad_x + poison[:, None]
             tl.store(grad_x_ptr + x_offs, cast_for_store(grad_x, grad_x_ptr), mask=tile_ok)
             if NEED_GRAD_WEIGHT:
-                x = tl.load(x_ptr + x_offs, mask=tile_ok, other=0).to(ACC)
+                x = tl.load(x_ptr + x_offs, mask=tile_ok & present[:, None], other=0).to(ACC)
                 part = tl.sum(gy * x, axis=1)
                 dot_x += tl.where(modalities[None, :] == m, part[:, None], 0.0)
     if NEED_GRAD_WEIGHT:
         bm_offs = rows[:, None] * M + modalities[None, :]
         bm_ok = row_ok[:, None] & (modalities < M)[None, :]
-        present = tl.load(mask_ptr + bm_offs, mask=bm_ok, other=0).to(ACC)
+        present = tl.load(mask_ptr + bm_offs, mask=bm_ok, other=0) != 0
         if NORMALIZE:  # sum_d gy y = sum_m w_m (sum_d gy x_m) / d, exact in opmath
-            w = present
+            w = present.to(ACC)
             if HAS_WEIGHT:
-                w = w * tl.load(weight_ptr + bm_offs, mask=bm_ok, other=0).to(ACC)
+                weight = tl.load(weight_ptr + bm_offs, mask=bm_ok, other=0).to(ACC)
+                w = tl.where(present, weight, 0.0)
             dot_x -= (tl.sum(w * dot_x, axis=1) / divisor)[:, None]
-        tl.store(grad_w_ptr + bm_offs, present * dot_x / divisor[:, None], mask=bm_ok)
+        grad_w = tl.where(present, dot_x / divisor[:, None], 0.0) + poison[:, None]
+        tl.store(grad_w_ptr + bm_offs, grad_w, mask=bm_ok)
 
 
 def _check_inputs(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None) -> None:
@@ -170,14 +201,18 @@ def forward(
     if B == 0:
         return y, denom
     if D == 0:  # no features: only the denominator is defined
-        w = mask.to(denom.dtype) if weight is None else weight.to(denom.dtype) * mask
-        return y, w.sum(dim=1)
+        if weight is None:
+            return y, mask.to(denom.dtype).sum(dim=1)
+        weight = weight.to(denom.dtype)
+        bad = (~torch.isfinite(weight) | (weight < 0)).any(dim=1)
+        denom = torch.where(mask, weight, 0.0).sum(dim=1)
+        return y, denom.masked_fill(bad, float("nan"))
 
     def grid(meta):
         return (triton.cdiv(B, meta["BLOCK_B"]), triton.cdiv(D, meta["BLOCK_D"]))
 
     _forward_kernel[grid](
-        x, as_bytes(mask), weight, y, denom, B, D,
+        x, as_bytes(mask), weight, y, denom, B, D, rows_bucket(B),
         M=M, HAS_WEIGHT=weight is not None, NORMALIZE=bool(normalize), ACC=opmath_tl(x.dtype),
     )
     return y, denom
@@ -218,7 +253,7 @@ def backward(
         return (triton.cdiv(B, meta["BLOCK_B"]),)
 
     _backward_kernel[grid](
-        grad_y, x, as_bytes(mask), weight, denom, grad_x, grad_weight, B, D,
+        grad_y, x, as_bytes(mask), weight, denom, grad_x, grad_weight, B, D, rows_bucket(B),
         M=M, BLOCK_M=triton.next_power_of_2(M), HAS_WEIGHT=weight is not None,
         NORMALIZE=bool(normalize), NEED_GRAD_WEIGHT=bool(need_grad_weight),
         ACC=opmath_tl(x.dtype),

@@ -26,8 +26,10 @@ from mmfast.kernels._common import (
     check_contiguous,
     check_float_dtype,
     interpreting,
+    is_finite,
     on_input_device,
     opmath_tl,
+    rows_bucket,
 )
 
 __all__ = ["forward"]
@@ -80,30 +82,53 @@ def _box_muller(u0, u1):
     return radius * cos_theta, radius * sin_theta
 
 
+@triton.jit
+def _offset_words(offset_ptr, offset_lo, offset_hi, OFFSET_IN_TENSOR: tl.constexpr):
+    """(lo, hi) 32-bit words of the stream offset: read from the 0-d int64 tensor at
+    ``offset_ptr`` on the device (BRIEF contract 1: no host sync, the same graph replays with a
+    new offset), or the host-split ``offset_lo`` / ``offset_hi``."""
+    if OFFSET_IN_TENSOR:
+        offset = tl.load(offset_ptr)
+        lo = offset & 0xFFFFFFFF
+        hi = (offset >> 32) & 0xFFFFFFFF
+    else:
+        lo = offset_lo
+        hi = offset_hi
+    return lo, hi
+
+
 @triton.jit(do_not_specialize=["seed", "offset_lo", "offset_hi"])
 def _sample_kernel(
-    p_drop_ptr, sigma_ptr, keep_ptr, sigma_used_ptr, B, K, seed, offset_lo, offset_hi,
-    SIGMA_LEVELS: tl.constexpr, BLOCK: tl.constexpr,
+    p_drop_ptr, sigma_ptr, keep_ptr, sigma_used_ptr, B, K, seed, offset_ptr, offset_lo,
+    offset_hi, SIGMA_LEVELS: tl.constexpr, OFFSET_IN_TENSOR: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    # An invalid p_drop (outside [0, 1] or NaN) or sigma (NaN, inf or negative; for levels,
+    # the level drawn) poisons the sample: keep = False and sigma_used = NaN, and the element
+    # kernel writes NaN for its y (BRIEF contract 2: the kernel cannot raise).
     rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = rows < B
-    r0, r1, _, _ = _philox_words(seed, rows, 0x80000000, offset_lo, offset_hi)
-    keep = _philox_uniform(r0) >= tl.load(p_drop_ptr + rows, mask=ok, other=0)
+    lo, hi = _offset_words(offset_ptr, offset_lo, offset_hi, OFFSET_IN_TENSOR)
+    r0, r1, _, _ = _philox_words(seed, rows, 0x80000000, lo, hi)
+    p = tl.load(p_drop_ptr + rows, mask=ok, other=0)
     if SIGMA_LEVELS:
         level = tl.minimum((_philox_uniform(r1) * K).to(tl.int32), K - 1)
         sigma = tl.load(sigma_ptr + level, mask=ok, other=0)
     else:
         sigma = tl.load(sigma_ptr + rows, mask=ok, other=0)
+    valid = (p >= 0) & (p <= 1) & is_finite(sigma) & (sigma >= 0)
+    keep = valid & (_philox_uniform(r0) >= p)
     tl.store(keep_ptr + rows, keep.to(tl.uint8), mask=ok)
-    tl.store(sigma_used_ptr + rows, sigma, mask=ok)
+    tl.store(sigma_used_ptr + rows, tl.where(valid, sigma, float("nan")), mask=ok)
 
 
-@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG, key=["ACC"])
+@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG, key=["ACC", "NUMEL_BUCKET"])
 @triton.heuristics({"ROW_SPANS_BLOCK": lambda args: args["row_len"] >= args["BLOCK"]})
-@triton.jit(do_not_specialize=["seed", "offset_lo", "offset_hi"])
+@triton.jit(do_not_specialize=["seed", "offset_lo", "offset_hi", "NUMEL_BUCKET"])
 def _noise_kernel(
-    x_ptr, keep_ptr, sigma_used_ptr, y_ptr, numel, row_len, seed, offset_lo, offset_hi, fill,
-    ACC: tl.constexpr, BLOCK: tl.constexpr, ROW_SPANS_BLOCK: tl.constexpr,
+    x_ptr, keep_ptr, sigma_used_ptr, y_ptr, numel, row_len, seed, offset_ptr, offset_lo,
+    offset_hi, fill, NUMEL_BUCKET,
+    ACC: tl.constexpr, OFFSET_IN_TENSOR: tl.constexpr, BLOCK: tl.constexpr,
+    ROW_SPANS_BLOCK: tl.constexpr,
 ):
     QUADS: tl.constexpr = BLOCK // 4
     start = tl.program_id(0).to(tl.int64) * BLOCK
@@ -117,16 +142,32 @@ def _noise_kernel(
     keep = tl.load(keep_ptr + rows, mask=ok, other=0) != 0
     sigma = tl.load(sigma_used_ptr + rows, mask=ok, other=0)
 
+    lo, hi = _offset_words(offset_ptr, offset_lo, offset_hi, OFFSET_IN_TENSOR)
     quads = start // 4 + tl.arange(0, QUADS).to(tl.int64)
-    r0, r1, r2, r3 = _philox_words(seed, quads, 0, offset_lo, offset_hi)
+    r0, r1, r2, r3 = _philox_words(seed, quads, 0, lo, hi)
     n0, n1 = _box_muller(_philox_uniform(r0), _philox_uniform(r1))
     n2, n3 = _box_muller(_philox_uniform(r2), _philox_uniform(r3))
     noise = tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), [BLOCK])  # n0 n1 n2 n3 ...
 
     x = tl.load(x_ptr + offs, mask=ok & keep, other=0)
     noisy = x.to(ACC) + (sigma * noise).to(ACC)  # noise in float32, the sum in opmath
-    y = tl.where(keep, noisy, fill)
+    # Dropped: fill, or NaN for a poisoned sample (its sigma_used is NaN).
+    dropped = tl.where(sigma != sigma, float("nan"), fill)
+    y = tl.where(keep, noisy, dropped)
     tl.store(y_ptr + offs, cast_for_store(y, y_ptr), mask=ok)
+
+
+def _offset_args(offset: int | torch.Tensor, device: torch.device) -> tuple:
+    """(offset_ptr, offset_lo, offset_hi) kernel arguments: the tensor and zeros, or None and
+    the int's two 32-bit words (two's complement, as the CPU kernel)."""
+    if isinstance(offset, torch.Tensor):
+        if offset.dim() != 0 or offset.dtype != torch.int64 or offset.device != device:
+            raise ValueError(
+                "noisy_modality_dropout_triton: offset expected an int or a 0-d int64 tensor on "
+                f"{device}, got shape {tuple(offset.shape)} {offset.dtype} on {offset.device}")
+        return offset, 0, 0
+    offset = int(offset)
+    return None, offset & _M32, (offset >> 32) & _M32
 
 
 def _per_sample(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:
@@ -144,14 +185,17 @@ def forward(
     sigma: torch.Tensor,
     sigma_levels: bool,
     seed: int,
-    offset: int,
+    offset: int | torch.Tensor,
     fill: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y x.shape x.dtype, keep (B,) bool, sigma_used (B,) float32).
 
     keep_b = u_b >= p_drop_b; sigma_used_b = sigma_b, or a level drawn uniformly from the (K,)
     ``sigma`` when ``sigma_levels``; y_b = keep_b ? x_b + sigma_used_b * n_b : fill, with the
-    reference's Philox streams keyed by (seed, offset).
+    reference's Philox streams keyed by (seed, offset). ``offset`` is an int or a 0-d int64
+    tensor on x's device, which the kernels read themselves (no host sync; a CUDA graph
+    replays with whatever the tensor holds). A sample with an invalid p_drop or sigma gets
+    keep False, sigma_used NaN and y NaN (the kernels cannot raise).
     """
     check_float_dtype(x, "x")
     check_contiguous(x=x)
@@ -172,11 +216,12 @@ def forward(
     else:
         sigma = _per_sample(sigma, B, "sigma")
     seed &= (1 << 64) - 1
-    offset_lo, offset_hi = offset & _M32, (offset >> 32) & _M32
+    offset_args = _offset_args(offset, x.device)
     sample_block = _SAMPLE_BLOCK_INTERPRETER if x.device.type == "cpu" else _SAMPLE_BLOCK_GPU
     _sample_kernel[(triton.cdiv(B, sample_block),)](
-        p_drop, sigma, as_bytes(keep), sigma_used, B, sigma.numel(), seed, offset_lo, offset_hi,
-        SIGMA_LEVELS=bool(sigma_levels), BLOCK=sample_block,
+        p_drop, sigma, as_bytes(keep), sigma_used, B, sigma.numel(), seed, *offset_args,
+        SIGMA_LEVELS=bool(sigma_levels), OFFSET_IN_TENSOR=offset_args[0] is not None,
+        BLOCK=sample_block,
     )
     numel = x.numel()
     if numel == 0:
@@ -187,7 +232,7 @@ def forward(
         return (triton.cdiv(numel, meta["BLOCK"]),)
 
     _noise_kernel[grid](
-        x, as_bytes(keep), sigma_used, y, numel, row_len, seed, offset_lo, offset_hi,
-        float(fill), ACC=opmath_tl(x.dtype),
+        x, as_bytes(keep), sigma_used, y, numel, row_len, seed, *offset_args, float(fill),
+        rows_bucket(numel), ACC=opmath_tl(x.dtype), OFFSET_IN_TENSOR=offset_args[0] is not None,
     )
     return y, keep, sigma_used

@@ -5,7 +5,8 @@ and loop over the S subsets, so z is read from memory once whatever S is. subset
 writes each subset's normalised fusion; subset_accuracy never forms (S, B, C): per subset it
 takes the first argmax over classes (NaN first, like torch.argmax; chunked with a running
 best when C is wider than one block) and counts hits per program into an (n_programs, S)
-int32 table that one small sum turns into (S,) int64 -- deterministic, no atomics.
+int32 table that one small sum turns into (S,) int64 -- deterministic, no atomics. Every
+config writes the whole table (see ``_accuracy_kernel``), so autotuning cannot over-count.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from mmfast.kernels._common import (
     check_contiguous,
     check_float_dtype,
     first_argmin,
+    is_finite,
     on_input_device,
     opmath_tl,
     replaces_running_min,
     row_tile_heuristics,
+    rows_bucket,
     tile_blocks,
 )
 
@@ -46,39 +49,64 @@ _INTERPRETER_CONFIG = triton.Config({"TILE": 1 << 15, "WIDTH_CAP": 256})
 @triton.jit
 def _fusion_weights(weight_ptr, present_ptr, rows, row_ok, ms, M: tl.constexpr,
                     HAS_WEIGHT: tl.constexpr, HAS_PRESENT: tl.constexpr, ACC: tl.constexpr):
-    """(BLOCK_B, BLOCK_M) w_bm = weight_bm * present_bm (missing ones -> 1; padding -> 0)."""
+    """(present_bm, w_bm, bad_b) of a (BLOCK_B, BLOCK_M) block: present (False on padding),
+    w = present ? weight : 0 (weight None -> 1), selected rather than multiplied, and bad =
+    the row has a weight that is not finite or negative (the row is poisoned: NaN scores,
+    never counted as correct)."""
     offs = rows[:, None] * M + ms[None, :]
     ok = row_ok[:, None] & (ms < M)[None, :]
-    w = tl.where(ok, 1.0, 0.0).to(ACC)
+    present = ok
     if HAS_PRESENT:
-        w = tl.load(present_ptr + offs, mask=ok, other=0).to(ACC)
+        present = ok & (tl.load(present_ptr + offs, mask=ok, other=0) != 0)
+    w = present.to(ACC)
+    bad = tl.zeros([rows.shape[0]], tl.int1)
     if HAS_WEIGHT:
-        w = w * tl.load(weight_ptr + offs, mask=ok, other=0).to(ACC)
-    return w
+        weight = tl.load(weight_ptr + offs, mask=ok, other=0).to(ACC)
+        w = tl.where(present, weight, 0.0)
+        bad = tl.max((ok & ~(is_finite(weight) & (weight >= 0))).to(tl.int32), axis=1) > 0
+    return present, w, bad
 
 
 @triton.jit
-def _load_z(z_ptr, rows, row_ok, ms, ks, M: tl.constexpr, C, ACC: tl.constexpr):
-    """(BLOCK_B, BLOCK_M, BLOCK_C) block of z in ACC, zero outside the tensor."""
+def _load_z(z_ptr, rows, row_ok, present, ms, ks, M: tl.constexpr, C, ACC: tl.constexpr):
+    """(BLOCK_B, BLOCK_M, BLOCK_C) block of z in ACC; zero outside the tensor and for absent
+    modalities, which are never read. Offsets in int64 (rows is int64)."""
     offs = (rows[:, None, None] * M + ms[None, :, None]) * C + ks[None, None, :]
-    ok = row_ok[:, None, None] & (ms < M)[None, :, None] & (ks < C)[None, None, :]
+    ok = present[:, :, None] & (ks < C)[None, None, :]
     return tl.load(z_ptr + offs, mask=ok, other=0).to(ACC)
 
 
 @triton.jit
 def _subset_weights(subsets_ptr, s, w, ms, M: tl.constexpr):
-    """(ws_bm = subsets_sm * w_bm, divisor_b = denom_b if denom_b > 0 else 1) of subset s."""
-    chosen = tl.load(subsets_ptr + s * M + ms, mask=ms < M, other=0).to(w.dtype)
-    ws = w * chosen[None, :]
+    """(chosen_m, ws_bm = chosen_m ? w_bm : 0, divisor_b = denom_b if denom_b > 0 else 1) of
+    subset s."""
+    chosen = tl.load(subsets_ptr + s * M + ms, mask=ms < M, other=0) != 0
+    ws = tl.where(chosen[None, :], w, 0.0)
     denom = tl.sum(ws, axis=1)
-    return ws, tl.where(denom > 0, denom, 1.0)
+    return chosen, ws, tl.where(denom > 0, denom, 1.0)
 
 
-@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG, key=["C", "M", "HAS_WEIGHT", "HAS_PRESENT"])
-@row_tile_heuristics("B", "C", "BLOCK_B", "BLOCK_C", depth="BLOCK_M")
 @triton.jit
+def _subset_scores(z, chosen, ws, divisor):
+    """(BLOCK_B, BLOCK_C) normalised fusion of the chosen modalities (the others selected out,
+    so a NaN in a modality outside the subset cannot leak)."""
+    terms = tl.where(chosen[None, :, None], ws[:, :, None] * z, 0.0)
+    return tl.sum(terms, axis=1) / divisor[:, None]
+
+
+@triton.jit
+def scores_offset(s, B, C):
+    """Element offset of scores[s, 0, 0] in the (S, B, C) output, in int64: S * B * C passes
+    2^31 at realistic sizes (15 subsets x 262144 rows x 1000 classes)."""
+    return tl.cast(s, tl.int64) * B * C
+
+
+@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG,
+          key=["C", "M", "HAS_WEIGHT", "HAS_PRESENT", "ROWS_BUCKET"])
+@row_tile_heuristics("B", "C", "BLOCK_B", "BLOCK_C", depth="BLOCK_M")
+@triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _logits_kernel(
-    z_ptr, subsets_ptr, weight_ptr, present_ptr, out_ptr, B, C, S,
+    z_ptr, subsets_ptr, weight_ptr, present_ptr, out_ptr, B, C, S, ROWS_BUCKET,
     M: tl.constexpr, BLOCK_M: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     HAS_PRESENT: tl.constexpr, ACC: tl.constexpr, TILE: tl.constexpr, WIDTH_CAP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -88,54 +116,72 @@ def _logits_kernel(
     ms = tl.arange(0, BLOCK_M)
     row_ok = rows < B
     tile_ok = row_ok[:, None] & (ks < C)[None, :]
-    w = _fusion_weights(weight_ptr, present_ptr, rows, row_ok, ms, M, HAS_WEIGHT, HAS_PRESENT,
-                        ACC)
-    z = _load_z(z_ptr, rows, row_ok, ms, ks, M, C, ACC)
+    present, w, bad = _fusion_weights(weight_ptr, present_ptr, rows, row_ok, ms, M, HAS_WEIGHT,
+                                      HAS_PRESENT, ACC)
+    z = _load_z(z_ptr, rows, row_ok, present, ms, ks, M, C, ACC)
     out_offs = rows[:, None] * C + ks[None, :]
     for s in range(S):
-        ws, divisor = _subset_weights(subsets_ptr, s, w, ms, M)
-        scores = tl.sum(ws[:, :, None] * z, axis=1) / divisor[:, None]
-        tl.store(out_ptr + s * B * C + out_offs, cast_for_store(scores, out_ptr), mask=tile_ok)
+        chosen, ws, divisor = _subset_weights(subsets_ptr, s, w, ms, M)
+        scores = _subset_scores(z, chosen, ws, divisor)
+        if HAS_WEIGHT:
+            scores = tl.where(bad[:, None], float("nan"), scores)
+        tl.store(out_ptr + scores_offset(s, B, C) + out_offs, cast_for_store(scores, out_ptr),
+                 mask=tile_ok)
 
 
-@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG, key=["C", "M", "HAS_WEIGHT", "HAS_PRESENT"])
+@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG,
+          key=["C", "M", "HAS_WEIGHT", "HAS_PRESENT", "ROWS_BUCKET"])
 @row_tile_heuristics("B", "C", "BLOCK_B", "BLOCK_C", depth="BLOCK_M")
 @triton.heuristics({"ONE_CHUNK": lambda args: args["BLOCK_C"] >= args["C"]})
-@triton.jit
+@triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _accuracy_kernel(
     z_ptr, target_ptr, subsets_ptr, weight_ptr, present_ptr, partial_ptr, B, C, S,
+    ROWS_BUCKET,
     M: tl.constexpr, BLOCK_M: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     HAS_PRESENT: tl.constexpr, ACC: tl.constexpr, TILE: tl.constexpr, WIDTH_CAP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, ONE_CHUNK: tl.constexpr,
 ):
+    # The grid is the same for every config (the row blocks of the config with the most), and
+    # program p writes the whole row p of the (programs, S) table: its counts, or zeros when
+    # this config has fewer blocks. So every config writes the whole table, and the
+    # autotuner's benchmark runs on it cannot leave counts behind.
     # ONE_CHUNK: the classes fit in one block, so z is loaded once for all subsets.
+    # A row counts as wrong when its fused scores contain NaN, when a weight of the row is
+    # invalid, or when its target lies outside [0, C) (only compared, never an index).
     pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    ms = tl.arange(0, BLOCK_M)
-    row_ok = rows < B
-    target = tl.load(target_ptr + rows, mask=row_ok, other=-1).to(tl.int32)
-    w = _fusion_weights(weight_ptr, present_ptr, rows, row_ok, ms, M, HAS_WEIGHT, HAS_PRESENT,
-                        ACC)
-    lanes = tl.arange(0, BLOCK_C)  # class indices fit in int32: fewer registers
-    if ONE_CHUNK:
-        z = _load_z(z_ptr, rows, row_ok, ms, lanes, M, C, ACC)
-    for s in range(S):
-        ws, divisor = _subset_weights(subsets_ptr, s, w, ms, M)
-        best_key = tl.full([BLOCK_B], float("inf"), ACC)
-        best_k = tl.full([BLOCK_B], C, tl.int32)
-        for c0 in range(0, C, BLOCK_C):
-            ks = c0 + lanes
-            if not ONE_CHUNK:
-                z = _load_z(z_ptr, rows, row_ok, ms, ks, M, C, ACC)
-            scores = tl.sum(ws[:, :, None] * z, axis=1) / divisor[:, None]
-            valid = row_ok[:, None] & (ks < C)[None, :]
-            index = ks[None, :] + tl.zeros([BLOCK_B, BLOCK_C], dtype=tl.int32)
-            chunk_key, chunk_k = first_argmin(-scores, valid, index, C)
-            take = replaces_running_min(best_key, best_k, chunk_key, chunk_k, C)
-            best_key = tl.where(take, chunk_key, best_key)
-            best_k = tl.where(take, chunk_k, best_k)
-        hits = tl.sum((row_ok & (best_k == target)).to(tl.int32), axis=0)
-        tl.store(partial_ptr + pid * S + s, hits)
+    table_row = partial_ptr + pid.to(tl.int64) * S
+    if pid < tl.cdiv(B, BLOCK_B):
+        rows = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+        ms = tl.arange(0, BLOCK_M)
+        row_ok = rows < B
+        target = tl.load(target_ptr + rows, mask=row_ok, other=-1)
+        present, w, bad = _fusion_weights(weight_ptr, present_ptr, rows, row_ok, ms, M,
+                                          HAS_WEIGHT, HAS_PRESENT, ACC)
+        countable = row_ok & ~bad
+        lanes = tl.arange(0, BLOCK_C)  # class indices fit in int32: fewer registers
+        if ONE_CHUNK:
+            z = _load_z(z_ptr, rows, row_ok, present, ms, lanes, M, C, ACC)
+        for s in range(S):
+            chosen, ws, divisor = _subset_weights(subsets_ptr, s, w, ms, M)
+            best_key = tl.full([BLOCK_B], float("inf"), ACC)
+            best_k = tl.full([BLOCK_B], C, tl.int32)
+            for c0 in range(0, C, BLOCK_C):
+                ks = c0 + lanes
+                if not ONE_CHUNK:
+                    z = _load_z(z_ptr, rows, row_ok, present, ms, ks, M, C, ACC)
+                scores = _subset_scores(z, chosen, ws, divisor)
+                valid = row_ok[:, None] & (ks < C)[None, :]
+                index = ks[None, :] + tl.zeros([BLOCK_B, BLOCK_C], dtype=tl.int32)
+                chunk_key, chunk_k = first_argmin(-scores, valid, index, C)
+                take = replaces_running_min(best_key, best_k, chunk_key, chunk_k, C)
+                best_key = tl.where(take, chunk_key, best_key)
+                best_k = tl.where(take, chunk_k, best_k)
+            # A NaN score wins the argmin and stays: best_key is NaN iff the row had one.
+            hit = countable & (best_key == best_key) & (best_k.to(tl.int64) == target)
+            tl.store(table_row + s, tl.sum(hit.to(tl.int32), axis=0))
+    else:
+        for s in range(S):
+            tl.store(table_row + s, 0)
 
 
 def _check_inputs(z, subsets, weight, present) -> None:
@@ -154,25 +200,20 @@ def _check_inputs(z, subsets, weight, present) -> None:
 
 
 def _launch(kernel, leading: tuple, z, subsets, weight, present, trailing: tuple,
-            grid_over_classes: bool) -> None:
-    """Launches ``kernel(*leading, subsets, weight, present, *trailing, B, C, S, ...)`` over
-    row blocks (and class blocks); ``leading`` starts with z, whose shape sizes the grid."""
+            grid) -> None:
+    """Launches ``kernel[grid](*leading, subsets, weight, present, *trailing, B, C, S,
+    ROWS_BUCKET, ...)``; ``leading`` starts with z."""
     B, M, C = z.shape
-
-    def grid(meta):
-        blocks = triton.cdiv(B, meta["BLOCK_B"])
-        return (blocks, triton.cdiv(C, meta["BLOCK_C"])) if grid_over_classes else (blocks,)
-
     kernel[grid](
         *leading, as_bytes(subsets), weight, as_bytes(present), *trailing, B, C,
-        subsets.shape[0], M=M, BLOCK_M=triton.next_power_of_2(M),
+        subsets.shape[0], rows_bucket(B), M=M, BLOCK_M=triton.next_power_of_2(M),
         HAS_WEIGHT=weight is not None, HAS_PRESENT=present is not None, ACC=opmath_tl(z.dtype),
     )
 
 
 def _max_programs(B: int, M: int, C: int) -> int:
-    """Most row blocks any active config can launch: the height of the partial-count table,
-    sized before the autotuner picks a config (rows no program writes stay zero)."""
+    """Most row blocks any active config has: the accuracy kernel's grid for every config and
+    the height of the partial-count table (each program writes its whole row)."""
     depth = triton.next_power_of_2(M)
     return max(
         triton.cdiv(B, tile_blocks(B, C, cfg.kwargs["TILE"], cfg.kwargs["WIDTH_CAP"], depth)[0])
@@ -197,7 +238,11 @@ def subset_logits(
     out = torch.empty((subsets.shape[0], B, C), dtype=z.dtype, device=z.device)
     if out.numel() == 0:
         return out
-    _launch(_logits_kernel, (z,), z, subsets, weight, present, (out,), grid_over_classes=True)
+
+    def grid(meta):
+        return (triton.cdiv(B, meta["BLOCK_B"]), triton.cdiv(C, meta["BLOCK_C"]))
+
+    _launch(_logits_kernel, (z,), z, subsets, weight, present, (out,), grid)
     return out
 
 
@@ -222,7 +267,8 @@ def subset_accuracy(
     check_contiguous(target=target)
     if B == 0 or S == 0 or C == 0:
         return torch.zeros((S,), dtype=torch.int64, device=z.device)
-    partial = torch.zeros((_max_programs(B, M, C), S), dtype=torch.int32, device=z.device)
+    programs = _max_programs(B, M, C)
+    partial = torch.empty((programs, S), dtype=torch.int32, device=z.device)
     _launch(_accuracy_kernel, (z, target), z, subsets, weight, present, (partial,),
-            grid_over_classes=False)
+            (programs,))
     return partial.sum(dim=0, dtype=torch.int64)

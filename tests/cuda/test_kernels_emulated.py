@@ -66,6 +66,11 @@ def i64(v: int) -> ctypes.c_int64:
     return ctypes.c_int64(v)
 
 
+def offset_tensor(offset: int) -> torch.Tensor:
+    """The noise op's stream offset as the 0-d int64 tensor the kernels read (contract 1)."""
+    return torch.tensor(offset - 2**64 if offset >= 2**63 else offset, dtype=torch.int64)
+
+
 def opmath(dtype: torch.dtype) -> torch.dtype:
     return ref.opmath_dtype(dtype)
 
@@ -313,6 +318,7 @@ def test_noisy_modality_dropout_reproduces_the_reference_stream(emu, dtype):
         )
         keep = torch.zeros(B, dtype=torch.bool)
         used = torch.full((B,), math.nan)
+        offset_t = offset_tensor(offset)  # contract 1: read by the kernels from memory
         emu.emu_noise_per_sample(
             ptr(p_drop),
             i64(B),
@@ -320,7 +326,7 @@ def test_noisy_modality_dropout_reproduces_the_reference_stream(emu, dtype):
             i64(sigma.numel()),
             int(levels),
             ctypes.c_uint64(seed),
-            ctypes.c_uint64(offset),
+            ptr(offset_t),
             i64(B),
             GRID,
             ptr(keep),
@@ -337,7 +343,7 @@ def test_noisy_modality_dropout_reproduces_the_reference_stream(emu, dtype):
                 ptr(keep),
                 ptr(used),
                 ctypes.c_uint64(seed),
-                ctypes.c_uint64(offset),
+                ptr(offset_t),
                 ctypes.c_double(fill),
                 i64(x.numel()),
                 i64(x.numel() // B),
@@ -357,8 +363,9 @@ def test_noise_per_sample_shares_one_element_parameters(emu):
     )
     keep = torch.zeros(9, dtype=torch.bool)
     used = torch.zeros(9)
+    offset = offset_tensor(6)  # kept alive across the call
     emu.emu_noise_per_sample(ptr(p_drop), i64(1), ptr(sigma), i64(1), 0, ctypes.c_uint64(5),
-                             ctypes.c_uint64(6), i64(9), 1, ptr(keep), ptr(used))  # fmt: skip
+                             ptr(offset), i64(9), 1, ptr(keep), ptr(used))  # fmt: skip
     assert torch.equal(keep, keep_ref)
     assert torch.equal(used, used_ref)
 
@@ -408,3 +415,164 @@ def test_subset_accuracy_counts(emu, dtype):
             assert used > 0
             what = f"{(B, M, C)} extras={extras} rows={rows} classes={classes}"
             assert torch.equal(correct, correct_ref), f"{what}: {correct} vs {correct_ref}"
+
+
+# ------------------------------------------------- BRIEF contracts 2-3 in the CUDA kernels
+# Absent modalities are never read (NaN there cannot leak); invalid weight / lip / p_drop /
+# sigma / target values poison the affected outputs with NaN (runner_up -1, never counted):
+# the kernels cannot raise without a host sync.
+def run_fusion(emu, x, mask, weight, vec=0, lanes=4):
+    B, M, D = x.shape
+    y = torch.full((B, D), math.nan)
+    denom = torch.full((B,), -1.0)
+    emu.emu_masked_fusion(0, ptr(x), ptr(mask), ptr(weight), 1, i64(B), M, i64(D), lanes, vec,
+                          GRID, ptr(y), ptr(denom))  # fmt: skip
+    gy = torch.ones(B, D)
+    gx = torch.full_like(x, -1.0)
+    gw = torch.full((B, M), -1.0)
+    emu.emu_masked_fusion_backward(0, ptr(gy), ptr(x), ptr(mask), ptr(weight), ptr(y),
+                                   ptr(denom), 1, 1, i64(B), M, i64(D), lanes, vec, GRID,
+                                   ptr(gx), ptr(gw))  # fmt: skip
+    return y, denom, gx, gw
+
+
+def test_contract_masked_fusion_absent_never_read_and_invalid_weight_poisons(emu):
+    B, M, D = 5, 3, 8
+    x = torch.randn(B, M, D)
+    mask = torch.rand(B, M) > 0.4
+    mask[1] = True
+    weight = torch.rand(B, M) + 0.1
+    clean = torch.where(mask[:, :, None], x, 0.0)
+    dirty = torch.where(mask[:, :, None], x, math.nan)
+    for vec in (0, 1):
+        want = run_fusion(emu, clean, mask, weight, vec)
+        got = run_fusion(emu, dirty, mask, weight, vec)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+        assert torch.isfinite(got[0]).all() and torch.all(got[3][~mask] == 0)
+    bad_weight = weight.clone()
+    bad_weight[1, 2] = -0.5
+    bad_weight[3, 0] = math.inf
+    y, denom, gx, gw = run_fusion(emu, clean, mask, bad_weight)
+    for t in (y, denom, gx, gw):
+        assert torch.isnan(t[[1, 3]]).all() and torch.isfinite(t[[0, 2, 4]]).all()
+
+
+def run_margin(emu, z, target, lip, mask, top=False, lanes=4):
+    B, M, C = z.shape
+    radius = torch.zeros(B)
+    margin = torch.zeros(B)
+    runner = torch.full((B,), -7, dtype=torch.int64)
+    emu.emu_certified_margin(0, ptr(z), ptr(target), ptr(lip), int(lip.dim() == 3), ptr(mask),
+                             None, norm_kind(2.0), ctypes.c_double(2.0), int(top), i64(B), M,
+                             i64(C), lanes, GRID, ptr(radius), ptr(margin),
+                             ptr(runner))  # fmt: skip
+    return radius, margin, runner
+
+
+@pytest.mark.parametrize("top", [False, True])
+@pytest.mark.parametrize("lip_per_pair", [False, True])
+def test_contract_certified_margin_poisoned_rows(emu, top, lip_per_pair):
+    B, M, C = 7, 3, 9
+    z = torch.randn(B, M, C)
+    target = torch.randint(0, C, (B,))
+    lip = torch.rand((M, C, C) if lip_per_pair else (M,)) + 0.5
+    mask = torch.ones(B, M, dtype=torch.bool)
+    mask[5, 1] = False
+    z[5, 1] = math.nan  # absent: never read
+    clean = z.clone()
+    clean[5, 1] = 0.0
+    want = run_margin(emu, clean, target, lip, mask, top)
+    z[1, 0, (int(target[1]) + 1) % C] = math.nan  # a present rival logit
+    z[2, 2, int(target[2])] = -math.inf  # the target logit
+    target[4] = C  # outside [0, C): never an index
+    radius, margin, runner = run_margin(emu, z, target, lip, mask, top)
+    for b in (1, 2, 4):
+        assert math.isnan(radius[b]) and math.isnan(margin[b]) and runner[b] == -1, b
+    ok = [0, 3, 5, 6]
+    assert torch.equal(runner[ok], want[2][ok]) and torch.equal(radius[ok], want[0][ok])
+    bad_lip = lip.clone()
+    bad_lip[1] = math.nan  # NaN lip must never give +inf
+    radius, margin, runner = run_margin(emu, clean, target, bad_lip, mask, top)
+    assert torch.isnan(radius).all() and torch.all(runner == -1)
+
+
+def test_contract_subset_ops_absent_never_read_nan_rows_wrong(emu):
+    B, M, C, S = 6, 3, 5, 7
+    z = torch.randn(B, M, C)
+    subsets = ref.all_subsets(M)
+    present = torch.rand(B, M) > 0.3
+    present[0] = True
+    weight = torch.rand(B, M) + 0.1
+    target = torch.randint(0, C, (B,))
+    z_dirty = torch.where(present[:, :, None], z, math.nan)
+    z_clean = torch.where(present[:, :, None], z, 0.0)
+    scores_ref = ref.subset_logits(z_clean, subsets, weight, present)
+    scores = torch.full((S, B, C), -1.0)
+    emu.emu_subset_logits(0, ptr(z_dirty), ptr(subsets), ptr(weight), ptr(present), i64(B), M,
+                          i64(C), i64(S), 4, 0, GRID, ptr(scores))  # fmt: skip
+    assert_matches(scores, scores_ref, torch.float32, "absent NaN")
+    correct_ref = ref.subset_correct(z_clean, target, subsets, weight, present)
+    correct = torch.zeros(S, dtype=torch.int64)
+    emu.emu_subset_accuracy(0, ptr(z_dirty), ptr(target), ptr(subsets), ptr(weight),
+                            ptr(present), i64(B), M, i64(C), S, 3, 2, GRID,
+                            ptr(correct))  # fmt: skip
+    assert torch.equal(correct, correct_ref)
+    # A NaN in row 0's modality 0 makes row 0 wrong for the subsets containing modality 0;
+    # an invalid weight in row 1 and a target outside [0, C) in row 2 make them always wrong.
+    z_nan = z_clean.clone()
+    z_nan[0, 0, 1] = math.nan
+    bad_weight = weight.clone()
+    bad_weight[1, 2] = math.nan
+    target2 = target.clone()
+    target2[2] = -1
+    target2[0] = int(z_clean[0].sum(0).argmax())
+    keep = torch.ones(B, dtype=torch.bool)
+    keep[[1, 2]] = False
+    expect = ref.subset_correct(z_clean[keep], target2[keep], subsets, weight[keep],
+                                present[keep])
+    hits0 = ref.subset_correct(z_clean[:1], target2[:1], subsets, weight[:1], present[:1])
+    expect = expect - hits0 * subsets[:, 0].long()
+    correct = torch.zeros(S, dtype=torch.int64)
+    emu.emu_subset_accuracy(0, ptr(z_nan), ptr(target2), ptr(subsets), ptr(bad_weight),
+                            ptr(present), i64(B), M, i64(C), S, 3, 2, GRID,
+                            ptr(correct))  # fmt: skip
+    assert torch.equal(correct, expect), (correct, expect)
+
+
+def test_contract_noise_invalid_values_poison_samples(emu):
+    B = 6
+    p_drop = torch.tensor([0.2, 1.5, math.nan, 0.2, 0.2, 0.0])
+    sigma = torch.tensor([0.5, 0.5, 0.5, -1.0, math.inf, 0.5])
+    offset = offset_tensor(3)
+    keep = torch.ones(B, dtype=torch.bool)
+    used = torch.zeros(B)
+    emu.emu_noise_per_sample(ptr(p_drop), i64(B), ptr(sigma), i64(B), 0, ctypes.c_uint64(1),
+                             ptr(offset), i64(B), 1, ptr(keep), ptr(used))  # fmt: skip
+    assert not keep[1:5].any() and torch.isnan(used[1:5]).all() and bool(keep[5])
+    x = torch.randn(B, 4)
+    y = torch.zeros(B, 4)
+    emu.emu_noisy_modality_dropout(0, ptr(x), ptr(keep), ptr(used), ctypes.c_uint64(1),
+                                   ptr(offset), ctypes.c_double(0.0), i64(x.numel()), i64(4), 1,
+                                   1, ptr(y))  # fmt: skip
+    assert torch.isnan(y[1:5]).all() and torch.isfinite(y[[0, 5]]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_noise_grid_stride_tracks_rows_incrementally(emu, dtype):
+    """One block, so every thread takes several chunks: the row of each chunk start is
+    tracked by adding the grid stride (no division per chunk), across rows longer and
+    shorter than a chunk and a stride that is not a multiple of the row."""
+    for shape in [(37, 53), (700, 3), (5, 1031)]:
+        B = shape[0]
+        x = torch.randn(*shape, dtype=torch.float64).to(dtype)
+        p_drop = torch.rand(B) * 0.6
+        sigma = torch.rand(B)
+        y_ref, keep_ref, used_ref = ref.noisy_modality_dropout(x, p_drop, sigma, False, 9, 4, 0.5)
+        offset = offset_tensor(4)
+        y = torch.full_like(x, math.nan)
+        emu.emu_noisy_modality_dropout(DTYPE_CODE[dtype], ptr(x), ptr(keep_ref), ptr(used_ref),
+                                       ctypes.c_uint64(9), ptr(offset), ctypes.c_double(0.5),
+                                       i64(x.numel()), i64(x.numel() // B), 1, 1,
+                                       ptr(y))  # fmt: skip
+        assert_matches(y, y_ref, dtype, f"{shape}")

@@ -115,7 +115,8 @@ def variants() -> Iterator[Variant]:
 
         yield Variant(f"masked_fusion.forward {dt}", mf._forward_kernel, mf._FORWARD_CONFIGS,
                       dict(x_ptr=f"*{dt}", mask_ptr="*u8", weight_ptr=f"*{acc}",
-                           y_ptr=f"*{dt}", denom_ptr=f"*{acc}", B="i32", D="i32"),
+                           y_ptr=f"*{dt}", denom_ptr=f"*{acc}", B="i32", D="i32",
+                           ROWS_BUCKET="i32"),
                       fusion_forward)
 
         def fusion_backward(c, weighted=weighted, acc_tl=acc_tl, weight=weight):
@@ -126,7 +127,7 @@ def variants() -> Iterator[Variant]:
         yield Variant(f"masked_fusion.backward {dt}", mf._backward_kernel, mf._BACKWARD_CONFIGS,
                       dict(grad_y_ptr=f"*{dt}", x_ptr=f"*{dt}", mask_ptr="*u8",
                            weight_ptr=f"*{acc}", denom_ptr=f"*{acc}", grad_x_ptr=f"*{dt}",
-                           grad_w_ptr=f"*{acc}", B="i32", D="i32"),
+                           grad_w_ptr=f"*{acc}", B="i32", D="i32", ROWS_BUCKET="i32"),
                       fusion_backward)
         # full lip + l2 + min rival; (M,) lip + pow norm + top rival with a bias; C = 100 and 10
         for full, norm, top, C in ((True, cm.NORM_L2.value, False, 100),
@@ -149,24 +150,26 @@ def variants() -> Iterator[Variant]:
                           dict(z_ptr=f"*{dt}", target_ptr="*i64", lip_ptr=f"*{acc}",
                                mask_ptr="*u8", bias_ptr=f"*{acc}", radius_ptr=f"*{acc}",
                                margin_ptr=f"*{acc}", runner_up_ptr="*i64", B="i32", C="i32",
-                               q="fp32"),
+                               q="fp32", ROWS_BUCKET="i32"),
                           margin_forward)
             yield Variant(f"certified_margin.backward {tag}", cm._backward_kernel,
                           cm._GPU_CONFIGS,
                           dict(grad_radius_ptr=f"*{acc}", grad_margin_ptr=f"*{acc}",
                                target_ptr="*i64", lip_ptr=f"*{acc}", mask_ptr="*u8",
                                margin_ptr=f"*{acc}", runner_up_ptr="*i64", grad_z_ptr=f"*{dt}",
-                               grad_lip_ptr=f"*{acc}", B="i32", C="i32", q="fp32"),
+                               grad_lip_ptr=f"*{acc}", B="i32", C="i32", q="fp32",
+                               ROWS_BUCKET="i32"),
                           margin_backward)
         yield Variant(f"noisy_modality_dropout.noise {dt}", nd._noise_kernel, nd._GPU_CONFIGS,
                       dict(x_ptr=f"*{dt}", keep_ptr="*u8", sigma_used_ptr="*fp32",
                            y_ptr=f"*{dt}", numel="i64", row_len="i32", seed="i64",
-                           offset_lo="i64", offset_hi="i32", fill="fp32"),
-                      lambda c, dt=dt, acc_tl=acc_tl: dict(ACC=acc_tl,
+                           offset_ptr="*i64", offset_lo="i64", offset_hi="i32", fill="fp32",
+                           NUMEL_BUCKET="i64"),
+                      lambda c, dt=dt, acc_tl=acc_tl: dict(ACC=acc_tl, OFFSET_IN_TENSOR=True,
                                                            ROW_SPANS_BLOCK=dt != "bf16"))
         present = {} if weighted else {"weight_ptr": None, "present_ptr": None}
         so_types = dict(z_ptr=f"*{dt}", subsets_ptr="*u8", weight_ptr=f"*{acc}",
-                        present_ptr="*u8", B="i32", C="i32", S="i32")
+                        present_ptr="*u8", B="i32", C="i32", S="i32", ROWS_BUCKET="i32")
 
         def subset_consts(c, weighted=weighted, acc_tl=acc_tl, present=present, **extra):
             bb, bc = _blocks(c, 65536, 100, depth=4)
@@ -183,8 +186,8 @@ def variants() -> Iterator[Variant]:
                       [triton.Config({"BLOCK": nd._SAMPLE_BLOCK_GPU})],
                       dict(p_drop_ptr="*fp32", sigma_ptr="*fp32", keep_ptr="*u8",
                            sigma_used_ptr="*fp32", B="i32", K="i32", seed="u64",
-                           offset_lo="i64", offset_hi="i64"),
-                      lambda c, levels=levels: dict(SIGMA_LEVELS=levels))
+                           offset_ptr="*i64", offset_lo="i64", offset_hi="i64"),
+                      lambda c, levels=levels: dict(SIGMA_LEVELS=levels, OFFSET_IN_TENSOR=True))
 
 
 def describe(config: triton.Config) -> str:

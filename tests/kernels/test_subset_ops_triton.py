@@ -8,7 +8,7 @@ import torch
 
 from mmfast.kernels import subset_ops_triton as so
 from mmfast.ops import reference
-from tests.kernels.helpers import assert_close, kernel_device
+from tests.kernels.helpers import assert_close, expected_correct, kernel_device
 
 
 def _subsets(M, device):
@@ -39,14 +39,16 @@ def test_argmax_ties_and_nan_across_class_chunks(with_nan):
     device = kernel_device()
     B, M, C = 24, 2, 600  # several class chunks
     z = torch.randint(-1, 2, (B, M, C), device=device).float()
-    if with_nan:
-        z[0, :, 450] = float("nan")  # NaN wins, like torch.argmax
+    if with_nan:  # a row with NaN scores counts as wrong (BRIEF contract 3)
+        z[0, :, 450] = float("nan")
         z[1, 0, 3] = float("nan")
     target = z.sum(1).argmax(1)  # the tie-broken answer of the full subset
     target[::3] = 0  # class 0 is what an empty subset predicts
     subsets = _subsets(M, device)
     correct = so.subset_accuracy(z, target, subsets, None, None)
-    assert torch.equal(correct, reference.subset_correct(z, target, subsets))
+    assert torch.equal(correct, expected_correct(z, target, subsets))
+    if with_nan:  # the full subset sees row 0's NaN; without it, row 0 would be a hit
+        assert correct[-1] < expected_correct(z.nan_to_num(), target, subsets)[-1]
 
 
 def test_count_table_covers_every_config():

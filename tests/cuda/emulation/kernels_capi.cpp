@@ -115,14 +115,15 @@ void emu_certified_margin_backward(int dtype, const void* z, const int64_t* targ
 }
 
 void emu_noise_per_sample(const float* p_drop, int64_t p_numel, const float* sigma,
-                          int64_t sigma_numel, int sigma_levels, uint64_t seed, uint64_t offset,
-                          int64_t B, unsigned grid, bool* keep, float* sigma_used) {
+                          int64_t sigma_numel, int sigma_levels, uint64_t seed,
+                          const int64_t* offset, int64_t B, unsigned grid, bool* keep,
+                          float* sigma_used) {
   emu_launch(noise_per_sample_kernel, grid, kBlock, p_drop, p_numel, sigma, sigma_numel,
              sigma_levels != 0, seed, offset, B, keep, sigma_used);
 }
 
 void emu_noisy_modality_dropout(int dtype, const void* x, const bool* keep,
-                                const float* sigma_used, uint64_t seed, uint64_t offset,
+                                const float* sigma_used, uint64_t seed, const int64_t* offset,
                                 double fill, int64_t numel, int64_t row_elems, int vectorized,
                                 unsigned grid, void* y) {
   dispatch(dtype, [&](auto tag) {
