@@ -190,12 +190,14 @@ def register(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     from mmfast.eval.cli import eval_config_from_args
     from mmfast.train import TrainConfig
+    from mmfast.train.rundir import main_process_lock
 
     preset = DEMO_PRESETS[args.preset]
     if args.eval_preset is None:
         args.eval_preset = preset.eval_preset
     device = str(TrainConfig(device=args.device).resolved_device())
-    report = run_demo(args.out, args.preset, args.methods, args.data, args.device,
-                      eval_config_from_args(args, device), force=args.force)
+    with main_process_lock(args.out):  # one demo per folder (data, runs, report)
+        report = run_demo(args.out, args.preset, args.methods, args.data, args.device,
+                          eval_config_from_args(args, device), force=args.force)
     print(f"report: {report}")
     return 0

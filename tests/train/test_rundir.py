@@ -167,3 +167,15 @@ def test_peak_memory_is_per_training_not_the_process_maximum(tiny_data, tiny_cfg
     assert greedy["peak_memory_bytes"] - greedy["baseline_memory_bytes"] >= 250 * 2**20
     # the second training does not inherit the first one's peak
     assert plain["peak_memory_bytes"] < greedy["peak_memory_bytes"] - 200 * 2**20
+
+
+def test_only_the_main_torchrun_rank_takes_the_lock(tmp_path, monkeypatch):
+    from mmfast.train.rundir import main_process_lock
+
+    monkeypatch.setenv("RANK", "1")
+    with main_process_lock(tmp_path):
+        assert not (tmp_path / LOCK_FILE).exists()
+    monkeypatch.setenv("RANK", "0")
+    with main_process_lock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK_FILE).exists()
