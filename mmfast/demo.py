@@ -91,7 +91,7 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
         from mmfast.eval.adversarial import default_clamp
         eval_cfg = dataclasses.replace(eval_cfg, clamp=default_clamp())
     run_dirs = []
-    provenance = _write_provenance(out, preset, names, dataset, train_cfg, eval_cfg)
+    provenance = {"dataset": dataset, "preset": preset, "seeds": [train_cfg.seed]}
     for name in names:
         run_dir = out / "runs" / name
         model, stats = fit_method(name, splits["train"], splits["val"], train_cfg, run_dir,
@@ -101,6 +101,7 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
         evaluate_run(run_dir, model, splits["test"], eval_cfg, method=name)
         clock.step(f"evaluated {name}")
         run_dirs.append(run_dir)
+    _write_provenance(out, provenance, names, train_cfg, eval_cfg)
     report = write_report(run_dirs, out)
     clock.step(f"report: {report}")
     return report
@@ -147,18 +148,17 @@ def _load_splits(root: Path, clock: _Clock) -> tuple[dict, dict]:
 PROVENANCE_FILE = "provenance.json"
 
 
-def _write_provenance(out: Path, preset: str, methods: Sequence[str], dataset: dict,
-                      train_cfg, eval_cfg) -> dict:
-    """Write OUT/provenance.json (command, versions, device, date, dataset, seeds, preset,
-    configs) and return the part each run's train_stats.json repeats."""
+def _write_provenance(out: Path, run_facts: dict, methods: Sequence[str], train_cfg,
+                      eval_cfg) -> None:
+    """Write OUT/provenance.json: this demo's command, versions, device, date, dataset,
+    seeds, preset (``run_facts``, which each run's train_stats.json repeats) and configs.
+    Written once every run is trained, so a refused re-run leaves the previous one."""
     from mmfast.eval.common import write_json_atomic
     from mmfast.train.provenance import environment
 
-    run_facts = {"dataset": dataset, "preset": preset, "seeds": [train_cfg.seed]}
     write_json_atomic(out / PROVENANCE_FILE, {
         **environment(train_cfg.resolved_device()), **run_facts, "methods": list(methods),
         "train_config": train_cfg.to_dict(), "eval_config": eval_cfg.to_dict()})
-    return run_facts
 
 
 def register(subparsers) -> None:
