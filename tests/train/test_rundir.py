@@ -179,3 +179,16 @@ def test_only_the_main_torchrun_rank_takes_the_lock(tmp_path, monkeypatch):
     with main_process_lock(tmp_path):
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_run_folder_from_before_run_json_is_checked_against_its_stats(tiny_data, tiny_cfg,
+                                                                         tmp_path):
+    train, val = tiny_data
+    fit_method("late", train, val, tiny_cfg, tmp_path)
+    (tmp_path / "run.json").unlink()  # as written by older mmfast versions
+    stats = (tmp_path / "train_stats.json").read_bytes()
+    fit_method("late", train, val, tiny_cfg, tmp_path)
+    assert (tmp_path / "train_stats.json").read_bytes() == stats
+    with pytest.raises(RunConfigError, match=r"config\.lr"):
+        fit_method("late", train, val, type(tiny_cfg)(**{**tiny_cfg.__dict__, "lr": 0.5}),
+                   tmp_path)
