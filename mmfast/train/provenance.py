@@ -37,15 +37,17 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
     ``-dirty`` when it has uncommitted changes; None outside a checkout or without git."""
     here = Path(path) if path is not None else Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "HEAD", "--show-toplevel"], cwd=here,
+                              capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
+        commit, top = head.stdout.split()[:2]
+        if path is None and Path(top).resolve() != here.parent:
+            return None  # mmfast installed inside some other repository (e.g. a venv in it)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                cwd=here, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = head.stdout.strip()
     return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 

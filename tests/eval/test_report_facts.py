@@ -94,7 +94,7 @@ def test_report_states_chance_units_clamp_problems_and_provenance(runs_root, tmp
     assert "l2 norms in the model's input units" in text and "video values in [0, 1]" in text
     assert "**Attack clamp**: video [0, 1]; applied after every PGD/FGM step" in text
     assert "`process_peak_rss_since_reset`" in text
-    assert "depend on the machine and its load (1-minute load average 1.5" in text
+    assert "depend on the machine and its load (1-minute load average up to 1.5" in text
     assert "| train time (s)* |" in text and "Times marked * are wall-clock" in text
     assert "**4 file(s) could not be used**" in text
     assert "| /data/toy | train | audio | 4 | s7: file not found |" in text

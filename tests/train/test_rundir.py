@@ -192,3 +192,11 @@ def test_a_run_folder_from_before_run_json_is_checked_against_its_stats(tiny_dat
     with pytest.raises(RunConfigError, match=r"config\.lr"):
         fit_method("late", train, val, type(tiny_cfg)(**{**tiny_cfg.__dict__, "lr": 0.5}),
                    tmp_path)
+
+
+def test_git_commit_only_inside_a_checkout(tmp_path):
+    from mmfast.train.provenance import git_commit
+
+    assert git_commit(tmp_path) is None
+    commit = git_commit()  # this test runs from a git checkout of mmfast
+    assert commit is not None and len(commit.split("-")[0]) == 40
