@@ -139,8 +139,8 @@ def _load_splits(root: Path, clock: _Clock) -> tuple[dict, dict]:
     clock.step("data: decoded " + ", ".join(f"{s} {v['label'].numel()}"
                                             for s, v in splits.items()))
     if dataset["problem_count"]:
-        clock.step(f"data: {dataset['problem_count']} file(s) could not be decoded and load as "
-                   "absent (listed in provenance.json and the report)")
+        clock.step(f"data: {dataset['problem_count']} file(s) missing, undecodable or "
+                   "truncated (listed in provenance.json and the report)")
     return splits, dataset
 
 

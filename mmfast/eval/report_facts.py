@@ -134,13 +134,19 @@ def data_problems_section(results: Mapping[str, Mapping], stats: Mapping[str, Ma
     for (path, split), per in seen.items():
         for modality, info in per.items():
             examples = "; ".join(f"{sid}: {why}" for sid, why in info["examples"][:3])
-            rows.append(f"| {path} | {split} | {modality} | {info['count']} | {examples} |")
-    total = sum(info["count"] for per in seen.values() for info in per.values())
+            rows.append(f"| {path} | {split} | {modality} | {info['count']} | "
+                        f"{info.get('truncated', 'n/a')} | {info.get('padded', 0)} | "
+                        f"{examples} |")
+    infos = [info for per in seen.values() for info in per.values()]
+    total = sum(i["count"] for i in infos)
+    padded = sum(i.get("padded", 0) for i in infos)
     return (["## Data problems", "",
-             f"**{total} file(s) could not be used** and were loaded as absent (mask False, "
-             "input zero): the methods saw fewer modalities than the manifest lists.", "",
-             "| dataset | split | modality | files | examples |", "|---|---|---|---|---|",
-             *rows, ""])
+             f"**{total} file(s) could not be used as listed** (missing, undecodable or "
+             f"truncated): {total - padded} loaded as absent (mask False, input zero), so the "
+             f"methods saw fewer modalities than the manifest lists; {padded} truncated "
+             "file(s) loaded padded.", "",
+             "| dataset | split | modality | files | truncated | padded | examples |",
+             "|---|---|---|---|---|---|---|", *rows, ""])
 
 
 def _value(d: Mapping[str, Any], key: str) -> str:
