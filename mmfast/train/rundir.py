@@ -199,7 +199,7 @@ def open_record(run_dir: str | os.PathLike, identity: Mapping[str, Any], *,
         old = json.loads(stats.read_text())
         stored = {k: old[k] for k in identity if k in old}
         stored["parts"] = [{"train_time_s": old.get("train_time_s", 0.0), "legacy": True}]
-    if stored is not None and (force or not resume):
+    if force or not resume:  # also an older run's stray checkpoints without a record
         discard_outputs(run_dir)
         stored = None
     if stored is None:
