@@ -80,7 +80,7 @@ def fit_method(name: str, train: Mapping[str, Tensor], val: Mapping[str, Tensor]
         ctx_dist.barrier()  # other ranks look at the folder after rank 0 settled it
         if run_path is not None and _finished(run_path) and (record is None or record.resumed):
             stats = json.loads((run_path / STATS_FILE).read_text())
-            return load_model(run_path, ctx_dist.device), stats
+            return load_model(run_path, ctx_dist.device, overrides.get("encoders")), stats
         return _fit(name, method, train, val, cfg, run_path, ctx_dist, record,
                     dict(provenance or {}))
 
