@@ -97,7 +97,8 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
         from mmfast.eval.adversarial import default_clamp
         eval_cfg = dataclasses.replace(eval_cfg, clamp=default_clamp())
     run_dirs = []
-    provenance = _write_provenance(out, preset, names, dataset, train_cfg, eval_cfg, seeds)
+    provenance = {"dataset": dataset, "preset": preset,
+                  "seeds": [train_cfg.seed + k for k in range(seeds)]}
     for seed, name, run_dir in seed_runs(out / "runs", names, seeds, train_cfg.seed):
         cfg = dataclasses.replace(train_cfg, seed=seed)
         model, stats = fit_method(name, splits["train"], splits["val"], cfg, run_dir,
@@ -108,6 +109,7 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
                      log=_progress.protocol_log(_protocol_count(eval_cfg), f"eval {name}"))
         clock.step(f"evaluated {name}{_seed_label(seed, seeds)}")
         run_dirs.append(run_dir)
+    _write_provenance(out, provenance, names, train_cfg, eval_cfg)
     report = write_report(run_dirs, out)
     clock.step(f"report: {report}")
     return report
@@ -164,8 +166,8 @@ def _load_splits(root: Path, clock: _Clock) -> tuple[dict, dict]:
     clock.step("data: decoded " + ", ".join(f"{s} {v['label'].numel()}"
                                             for s, v in splits.items()))
     if dataset["problem_count"]:
-        clock.step(f"data: {dataset['problem_count']} file(s) could not be decoded and load as "
-                   "absent (listed in provenance.json and the report)")
+        clock.step(f"data: {dataset['problem_count']} file(s) missing, undecodable or "
+                   "truncated (listed in provenance.json and the report)")
     return splits, dataset
 
 
@@ -173,19 +175,17 @@ def _load_splits(root: Path, clock: _Clock) -> tuple[dict, dict]:
 PROVENANCE_FILE = "provenance.json"
 
 
-def _write_provenance(out: Path, preset: str, methods: Sequence[str], dataset: dict,
-                      train_cfg, eval_cfg, seeds: int = 1) -> dict:
-    """Write OUT/provenance.json (command, versions, device, date, dataset, seeds, preset,
-    configs) and return the part each run's train_stats.json repeats."""
+def _write_provenance(out: Path, run_facts: dict, methods: Sequence[str], train_cfg,
+                      eval_cfg) -> None:
+    """Write OUT/provenance.json: this demo's command, versions, device, date, dataset,
+    seeds, preset (``run_facts``, which each run's train_stats.json repeats) and configs.
+    Written once every run is trained, so a refused re-run leaves the previous one."""
     from mmfast.eval.common import write_json_atomic
     from mmfast.train.provenance import environment
 
-    run_facts = {"dataset": dataset, "preset": preset,
-                 "seeds": [train_cfg.seed + k for k in range(seeds)]}
     write_json_atomic(out / PROVENANCE_FILE, {
         **environment(train_cfg.resolved_device()), **run_facts, "methods": list(methods),
         "train_config": train_cfg.to_dict(), "eval_config": eval_cfg.to_dict()})
-    return run_facts
 
 
 def _protocol_count(eval_cfg) -> int:
@@ -228,13 +228,15 @@ def register(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     from mmfast.eval.cli import eval_config_from_args
     from mmfast.train import TrainConfig
+    from mmfast.train.rundir import main_process_lock
 
     preset = DEMO_PRESETS[args.preset]
     if args.eval_preset is None:
         args.eval_preset = preset.eval_preset
     device = str(TrainConfig(device=args.device).resolved_device())
-    report = run_demo(args.out, args.preset, args.methods, args.data, args.device,
-                      eval_config_from_args(args, device), force=args.force,
-                      seeds=args.seeds)
+    with main_process_lock(args.out):  # one demo per folder (data, runs, report)
+        report = run_demo(args.out, args.preset, args.methods, args.data, args.device,
+                          eval_config_from_args(args, device), force=args.force,
+                          seeds=args.seeds)
     print(f"report: {report}")
     return 0

@@ -52,8 +52,10 @@ def test_demo_records_provenance_and_keeps_finished_runs(tiny_demo, tmp_path):
     for m, raw in stats.items():
         assert (tmp_path / "runs" / m / "train_stats.json").read_bytes() == raw
 
+    before = (tmp_path / demo.PROVENANCE_FILE).read_text()
     with pytest.raises(RunConfigError, match=r"config\.lr: .* \(stored\) vs 0\.05 \(now\)"):
         tiny_demo(tmp_path, lr=0.05)
+    assert (tmp_path / demo.PROVENANCE_FILE).read_text() == before  # the refused run's not
     assert (tmp_path / "runs/late/train_stats.json").read_bytes() == stats["late"]
 
     tiny_demo(tmp_path, lr=0.05, force=True)

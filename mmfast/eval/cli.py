@@ -59,6 +59,7 @@ def register(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     from mmfast.train import load_model
     from mmfast.train.provenance import environment, load_splits
+    from mmfast.train.rundir import main_process_lock
 
     cfg = eval_config_from_args(args, args.device)
     splits, dataset = load_splits(args.data, [args.split])  # + files loaded as absent
@@ -68,7 +69,9 @@ def _run(args: argparse.Namespace) -> int:
         model = load_model(run, device=args.device)
         meta_method = _method_of(run)
         print(f"[eval] {run} ({meta_method})")
-        path = evaluate_run(run, model, data, cfg, method=meta_method, log=print, extra=facts)
+        with main_process_lock(run):  # not while another process writes the run folder
+            path = evaluate_run(run, model, data, cfg, method=meta_method, log=print,
+                                extra=facts)
         print(f"[eval] wrote {path}")
     return 0
 

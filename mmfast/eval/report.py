@@ -102,7 +102,8 @@ def _overview(results, stats) -> list[str]:
     lines = ["## Methods", "",
              f"Evaluated on {first.get('num_samples', 'n/a')} test samples. Costs come from "
              "each run's train_stats.json (peak memory: CUDA peak allocation on GPU, peak "
-             "resident memory of the process on CPU, as the trainer measured it).", ""]
+             "resident memory of the process during that method's training on CPU; see "
+             "below). Times marked * are wall-clock and depend on the machine's load.", ""]
     rows = []
     for m, r in results.items():
         s = stats.get(m, {})
@@ -111,8 +112,8 @@ def _overview(results, stats) -> list[str]:
                      f"{mem / 2**20:.1f}" if isinstance(mem, int | float) else "n/a",
                      _count(s.get("num_parameters")), _epochs(s.get("epochs")),
                      _seconds(sum(r.get("timings_s", {}).values()) or None)])
-    return lines + _table(["method", "clean accuracy", "train time (s)", "peak memory (MiB)",
-                           "parameters", "epochs", "eval time (s)"], rows)
+    return lines + _table(["method", "clean accuracy", "train time (s)*", "peak memory (MiB)",
+                           "parameters", "epochs", "eval time (s)*"], rows)
 
 
 def _seconds(x) -> str:

@@ -37,9 +37,9 @@ def expand_run_dirs(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         if inner:
             found += inner
             continue
-        if path.resolve() == out or (path / "report.md").is_file() or not path.is_dir() \
-                and path.suffix in (".md", ".png"):
-            continue
+        is_report = path.resolve() == out or (path / "report.md").is_file()
+        if is_report or (path.is_file() and path.suffix in (".md", ".png", ".json")):
+            continue  # the report folder itself, earlier reports, stray files of runs/*
         hint = (f"run `mmfast eval {path} --data DIR` first" if (path / "model.pt").is_file()
                 else "give run folders (mmfast train + mmfast eval) or a demo folder "
                      "(mmfast demo --out DIR)")
@@ -102,10 +102,12 @@ def meaning_section(results: Mapping[str, Mapping], stats: Mapping[str, Mapping]
                     if s.get("peak_memory_kind")})
     for kind in kinds:
         lines.append(f"- **Peak memory** `{kind}`: {PEAK_KINDS.get(kind, kind)}.")
-    loads = [s.get("load_average") for s in stats.values() if s.get("load_average")]
-    load = f" (1-minute load average {max(x['start'][0] for x in loads if x.get('start')):.1f} " \
-           f"at the start of a training, on {os.cpu_count()} CPUs here)" if any(
-               x.get("start") for x in loads) else ""
+    starts = [s["load_average"]["start"][0] for s in stats.values()
+              if (s.get("load_average") or {}).get("start")]
+    cpus = {(s.get("provenance") or {}).get("cpu_count") for s in stats.values()} - {None}
+    load = (f" (1-minute load average up to {max(starts):.1f} at the start of a training"
+            + (f", on {'/'.join(map(str, sorted(cpus)))} CPUs" if cpus else "") + ")"
+            if starts else "")
     lines.append("- **Times** (train time, eval time) are wall-clock seconds that depend on "
                  f"the machine and its load{load}; they are not benchmarks. A resumed "
                  "training's time is the sum of its parts.")
@@ -132,13 +134,19 @@ def data_problems_section(results: Mapping[str, Mapping], stats: Mapping[str, Ma
     for (path, split), per in seen.items():
         for modality, info in per.items():
             examples = "; ".join(f"{sid}: {why}" for sid, why in info["examples"][:3])
-            rows.append(f"| {path} | {split} | {modality} | {info['count']} | {examples} |")
-    total = sum(info["count"] for per in seen.values() for info in per.values())
+            rows.append(f"| {path} | {split} | {modality} | {info['count']} | "
+                        f"{info.get('truncated', 'n/a')} | {info.get('padded', 0)} | "
+                        f"{examples} |")
+    infos = [info for per in seen.values() for info in per.values()]
+    total = sum(i["count"] for i in infos)
+    padded = sum(i.get("padded", 0) for i in infos)
     return (["## Data problems", "",
-             f"**{total} file(s) could not be used** and were loaded as absent (mask False, "
-             "input zero): the methods saw fewer modalities than the manifest lists.", "",
-             "| dataset | split | modality | files | examples |", "|---|---|---|---|---|",
-             *rows, ""])
+             f"**{total} file(s) could not be used as listed** (missing, undecodable or "
+             f"truncated): {total - padded} loaded as absent (mask False, input zero), so the "
+             f"methods saw fewer modalities than the manifest lists; {padded} truncated "
+             "file(s) loaded padded.", "",
+             "| dataset | split | modality | files | truncated | padded | examples |",
+             "|---|---|---|---|---|---|---|", *rows, ""])
 
 
 def _value(d: Mapping[str, Any], key: str) -> str:

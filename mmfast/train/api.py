@@ -77,10 +77,10 @@ def fit_method(name: str, train: Mapping[str, Tensor], val: Mapping[str, Tensor]
             identity = {"method": name, "config": cfg.to_dict(), "hparams": method.hparams(),
                         "data": {"train": _rows(train), "val": _rows(val)}}
             record = open_record(run_path, identity, force=force, resume=cfg.resume)
+        ctx_dist.barrier()  # other ranks look at the folder after rank 0 settled it
         if run_path is not None and _finished(run_path) and (record is None or record.resumed):
-            ctx_dist.barrier()
             stats = json.loads((run_path / STATS_FILE).read_text())
-            return load_model(run_path, ctx_dist.device), stats
+            return load_model(run_path, ctx_dist.device, overrides.get("encoders")), stats
         return _fit(name, method, train, val, cfg, run_path, ctx_dist, record,
                     dict(provenance or {}))
 

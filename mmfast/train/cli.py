@@ -129,13 +129,15 @@ def _load_data(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from mmfast.train.api import fit_method
+    from mmfast.train.rundir import main_process_lock
 
     cfg = config_from_args(args)
-    train, val, dataset = _load_data(args)
-    _, stats = fit_method(args.method, train, val, cfg, args.out, force=args.force,
-                          provenance={"dataset": dataset, "preset": args.preset,
-                                      "seeds": [cfg.seed]},
-                          **parse_overrides(args.set))
+    with main_process_lock(args.out):  # a second writer stops before decoding any data
+        train, val, dataset = _load_data(args)
+        _, stats = fit_method(args.method, train, val, cfg, args.out, force=args.force,
+                              provenance={"dataset": dataset, "preset": args.preset,
+                                          "seeds": [cfg.seed]},
+                              **parse_overrides(args.set))
     summary = {k: stats[k] for k in ("method", "train_time_s", "num_parameters", "final")}
     print(json.dumps(summary, indent=2, default=str))
     return 0

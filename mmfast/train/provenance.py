@@ -37,15 +37,17 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
     ``-dirty`` when it has uncommitted changes; None outside a checkout or without git."""
     here = Path(path) if path is not None else Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "HEAD", "--show-toplevel"], cwd=here,
+                              capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
+        commit, top = head.stdout.split()[:2]
+        if path is None and Path(top).resolve() != here.parent:
+            return None  # mmfast installed inside some other repository (e.g. a venv in it)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                cwd=here, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = head.stdout.strip()
     return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
@@ -89,11 +91,16 @@ def environment(device: str | torch.device | None = None,
 
 def problem_summary(problems: Mapping[str, Mapping[str, Sequence]] | None
                     ) -> dict[str, dict[str, Any]]:
-    """{split: {modality: {"count": n, "examples": [[sample id, reason], ...]}}} for the
-    modalities with problems (at most MAX_PROBLEM_EXAMPLES examples each)."""
+    """{split: {modality: {"count": n, "truncated": t, "padded": p, "examples": [[sample id,
+    reason], ...]}}} for the modalities with problems (at most MAX_PROBLEM_EXAMPLES examples
+    each). Reasons starting "truncated" are cut files; those ending "loaded padded ..." were
+    kept, padded (``truncated="pad"``); every other file was loaded as absent."""
     out: dict[str, dict[str, Any]] = {}
     for split, per_modality in (problems or {}).items():
-        kept = {m: {"count": len(p), "examples": [list(x) for x in p[:MAX_PROBLEM_EXAMPLES]]}
+        kept = {m: {"count": len(p),
+                    "truncated": sum(1 for _, why in p if str(why).startswith("truncated")),
+                    "padded": sum(1 for _, why in p if "loaded padded" in str(why)),
+                    "examples": [list(x) for x in p[:MAX_PROBLEM_EXAMPLES]]}
                 for m, p in per_modality.items() if p}
         if kept:
             out[split] = kept
@@ -173,7 +180,9 @@ def loader_description(spec=None, decode_device: str | None = None) -> dict[str,
                  f"dB clipped at -{a.cutoff_db:g} and scaled to [0, 1]",
         "image": f"{i.height}x{i.width}, {i.channels} channel(s), pixels scaled to [0, 1]",
         "spec": dataclasses.asdict(spec),
-        "missing_files": "loaded as absent (mask False, input zero), counted in 'problems'",
+        "file_problems": "missing, undecodable or truncated files load as absent (mask "
+                         "False, input zero; truncated ones padded instead when asked), "
+                         "counted in 'problems'",
     }
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from typing import Any
 from mmfast._io import write_text_atomic
 
 __all__ = ["LOCK_FILE", "RECORD_FILE", "RunLockedError", "RunConfigError", "run_lock",
+           "main_process_lock",
            "RunRecord", "open_record", "IGNORED_CONFIG_KEYS", "config_differences"]
 
 LOCK_FILE, RECORD_FILE = ".mmfast.lock", "run.json"
@@ -117,6 +119,15 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
             path.unlink(missing_ok=True)
 
 
+def main_process_lock(run_dir: str | os.PathLike):
+    """:func:`run_lock` in the main process of a torchrun job (env ``RANK`` 0 or unset), a
+    no-op context in the other ranks (they write nothing). For commands that lock their
+    output folder before loading data, so a second writer stops at once."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext(Path(run_dir) / LOCK_FILE)
+    return run_lock(run_dir)
+
+
 def _normal(value: Any) -> Any:
     """JSON round trip (tuples -> lists), so stored and fresh values compare equal."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
@@ -188,7 +199,7 @@ def open_record(run_dir: str | os.PathLike, identity: Mapping[str, Any], *,
         old = json.loads(stats.read_text())
         stored = {k: old[k] for k in identity if k in old}
         stored["parts"] = [{"train_time_s": old.get("train_time_s", 0.0), "legacy": True}]
-    if stored is not None and (force or not resume):
+    if force or not resume:  # also an older run's stray checkpoints without a record
         discard_outputs(run_dir)
         stored = None
     if stored is None:

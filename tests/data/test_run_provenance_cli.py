@@ -47,8 +47,8 @@ def test_broken_files_are_recorded_and_reported(tiny_copy, tmp_path):
     assert result["config"]["clamp"] == {"video": [0.0, 1.0], "image": [0.0, 1.0]}
 
     text = (tmp_path / "runs/report/report.md").read_text()
-    assert "## Data problems" in text and "could not be used" in text
-    assert f"| train | audio | 1 | {train[0][0]}: " in text
-    assert f"| test | audio | 1 | {test[0][0]}: " in text
+    assert "## Data problems" in text and "3 loaded as absent" in text
+    assert f"| train | audio | 1 | 0 | 0 | {train[0][0]}: " in text
+    assert f"| test | audio | 1 | 0 | 0 | {test[0][0]}: " in text
     assert "**Chance level**: 0.100 (10 classes)" in text
     assert "## Provenance" in text and "`mmfast train late --data" in text

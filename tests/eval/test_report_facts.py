@@ -28,8 +28,11 @@ DATASET = {"name": "toy", "path": "/data/toy", "splits": {"train": 10, "test": 3
            "num_classes": 3, "chance_accuracy": 1 / 3, "modalities": ["video"],
            "input_ranges": {"video": [0.0, 1.0]}, "sample_shapes": {"video": [2, 2]},
            "loader": {"video": "2x2 toy"},
-           "problems": {"train": {"audio": {"count": 4, "examples": [["s7", "file not found"]]}}},
-           "problem_count": 4}
+           "problems": {"train": {
+               "audio": {"count": 4, "examples": [["s7", "file not found"]]},
+               "video": {"count": 2, "truncated": 2, "padded": 1, "examples": [
+                   ["s8", "truncated (72% of the frames); loaded padded (truncated='pad')"]]}}},
+           "problem_count": 6}
 
 
 def _demo_folder(root: Path) -> Path:
@@ -94,9 +97,12 @@ def test_report_states_chance_units_clamp_problems_and_provenance(runs_root, tmp
     assert "l2 norms in the model's input units" in text and "video values in [0, 1]" in text
     assert "**Attack clamp**: video [0, 1]; applied after every PGD/FGM step" in text
     assert "`process_peak_rss_since_reset`" in text
-    assert "depend on the machine and its load (1-minute load average 1.5" in text
-    assert "**4 file(s) could not be used**" in text
-    assert "| /data/toy | train | audio | 4 | s7: file not found |" in text
+    assert "depend on the machine and its load (1-minute load average up to 1.5" in text
+    assert "| train time (s)* |" in text and "Times marked * are wall-clock" in text
+    assert "**6 file(s) could not be used as listed**" in text and "5 loaded as absent" in text
+    assert "1 truncated file(s) loaded padded" in text
+    assert "| /data/toy | train | video | 2 | 2 | 1 | s8: truncated (72% of" in text
+    assert "| /data/toy | train | audio | 4 | n/a | 0 | s7: file not found |" in text
     assert "## Provenance" in text and "`mmfast train crmt`" in text
 
 

@@ -46,7 +46,7 @@ def test_rerun_keeps_the_record_and_other_config_is_an_error(tmp_path):
     prov = stats["provenance"]
     assert "train late --synthetic 32" in prov["command"] and "--lr 0.003" in prov["command"]
     assert prov["torch"] == torch.__version__ and prov["mmfast_version"]
-    assert prov["git_commit"]  # the worktree is a git checkout
+    assert bool(prov["git_commit"]) == (ROOT / ".git").exists()  # commit when in a checkout
     assert prov["device"] == "cpu" and prov["date"] and prov["host"] == socket.gethostname()
     assert prov["dataset"]["name"] == "synthetic"
     assert prov["dataset"]["splits"] == {"train": 32, "val": 8}
@@ -167,3 +167,39 @@ def test_peak_memory_is_per_training_not_the_process_maximum(tiny_data, tiny_cfg
     assert greedy["peak_memory_bytes"] - greedy["baseline_memory_bytes"] >= 250 * 2**20
     # the second training does not inherit the first one's peak
     assert plain["peak_memory_bytes"] < greedy["peak_memory_bytes"] - 200 * 2**20
+
+
+def test_only_the_main_torchrun_rank_takes_the_lock(tmp_path, monkeypatch):
+    from mmfast.train.rundir import main_process_lock
+
+    monkeypatch.setenv("RANK", "1")
+    with main_process_lock(tmp_path):
+        assert not (tmp_path / LOCK_FILE).exists()
+    monkeypatch.setenv("RANK", "0")
+    with main_process_lock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_run_folder_from_before_run_json_is_checked_against_its_stats(tiny_data, tiny_cfg,
+                                                                         tmp_path):
+    train, val = tiny_data
+    fit_method("late", train, val, tiny_cfg, tmp_path)
+    (tmp_path / "run.json").unlink()  # as written by older mmfast versions
+    stats = (tmp_path / "train_stats.json").read_bytes()
+    fit_method("late", train, val, tiny_cfg, tmp_path)
+    assert (tmp_path / "train_stats.json").read_bytes() == stats
+    with pytest.raises(RunConfigError, match=r"config\.lr"):
+        fit_method("late", train, val, type(tiny_cfg)(**{**tiny_cfg.__dict__, "lr": 0.5}),
+                   tmp_path)
+
+
+def test_git_commit_only_inside_a_checkout(tmp_path):
+    from mmfast.train.provenance import git_commit
+
+    assert git_commit(tmp_path) is None
+    commit = git_commit()
+    if (ROOT / ".git").exists():  # a git checkout of mmfast (not an unpacked archive)
+        assert commit is not None and len(commit.split("-")[0]) == 40
+    else:
+        assert commit is None
