@@ -68,12 +68,13 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
              methods: Sequence[str] = DEFAULT_METHODS, data_dir: str | os.PathLike | None = None,
              device: str = "auto", eval_cfg=None, train_overrides: dict | None = None,
              log: Callable[[str], None] = print, force: bool = False,
-             seeds: int = 1) -> Path:
+             seeds: int = 1, jobs: int | str = 1) -> Path:
     """Run the whole job into ``out`` (data/, runs/<method>/, provenance.json, report.md +
     PNGs); returns the report path. A run of ``out`` trained with another config is an error
     unless ``force`` (see ``mmfast.train.fit_method``). ``seeds`` > 1 trains every method
     that many times (seeds TrainConfig.seed + 0, 1, ...; runs/<method>/seed<k>/) for the
-    report's mean +- sd and the claims' verdicts; one seed gives only indicative claims."""
+    report's mean +- sd and the claims' verdicts; one seed gives only indicative claims.
+    ``jobs``: trainings run at once (``resolve_jobs``; "auto" = one per CPU core on CPU)."""
     from mmfast.eval.common import EvalConfig
     from mmfast.eval.protocols import evaluate_run
     from mmfast.eval.report import write_report
@@ -96,19 +97,24 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
     if eval_cfg.clamp is None:
         from mmfast.eval.adversarial import default_clamp
         eval_cfg = dataclasses.replace(eval_cfg, clamp=default_clamp())
-    run_dirs = []
     provenance = {"dataset": dataset, "preset": preset,
                   "seeds": [train_cfg.seed + k for k in range(seeds)]}
-    for seed, name, run_dir in seed_runs(out / "runs", names, seeds, train_cfg.seed):
-        cfg = dataclasses.replace(train_cfg, seed=seed)
-        model, stats = fit_method(name, splits["train"], splits["val"], cfg, run_dir,
-                                  force=force, provenance=provenance)
-        clock.step(f"trained {name}{_seed_label(seed, seeds)} ({stats['num_parameters']:,} "
-                   f"parameters, {stats['train_time_s']:.0f} s)")
-        evaluate_run(run_dir, model, splits["test"], eval_cfg, method=name,
-                     log=_progress.protocol_log(_protocol_count(eval_cfg), f"eval {name}"))
-        clock.step(f"evaluated {name}{_seed_label(seed, seeds)}")
-        run_dirs.append(run_dir)
+    tasks = seed_runs(out / "runs", names, seeds, train_cfg.seed)
+    workers = resolve_jobs(jobs, train_cfg.resolved_device().type, len(tasks))
+    if workers == 1:
+        for seed, name, run_dir in tasks:
+            cfg = dataclasses.replace(train_cfg, seed=seed)
+            model, stats = fit_method(name, splits["train"], splits["val"], cfg, run_dir,
+                                      force=force, provenance=provenance)
+            clock.step(f"trained {name}{_seed_label(seed, seeds)} ({stats['num_parameters']:,} "
+                       f"parameters, {stats['train_time_s']:.0f} s)")
+            evaluate_run(run_dir, model, splits["test"], eval_cfg, method=name,
+                         log=_progress.protocol_log(_protocol_count(eval_cfg), f"eval {name}"))
+            clock.step(f"evaluated {name}{_seed_label(seed, seeds)}")
+    else:
+        _run_parallel(tasks, workers, splits, train_cfg, eval_cfg, seeds, clock,
+                      force=force, provenance=provenance)
+    run_dirs = [run_dir for _, _, run_dir in tasks]
     _write_provenance(out, provenance, names, train_cfg, eval_cfg)
     report = write_report(run_dirs, out)
     clock.step(f"report: {report}")
@@ -127,6 +133,64 @@ def seed_runs(root: Path, names: Sequence[str], seeds: int, base_seed: int = 0
     return [(base_seed + k, name,
              root / name if seeds == 1 else root / name / f"seed{base_seed + k}")
             for k in range(seeds) for name in names]
+
+
+def resolve_jobs(jobs: int | str, device_type: str, tasks: int) -> int:
+    """Worker processes for ``tasks`` trainings: an int >= 1, or "auto" (one per CPU core
+    on CPU, each with one torch thread; 1 on an accelerator). Never more than ``tasks``.
+
+    Small CPU models use two intra-op threads poorly; independent trainings (methods x
+    seeds) in separate one-thread processes keep every core busy.
+    """
+    if jobs == "auto":
+        jobs = 1 if device_type != "cpu" else max(1, os.cpu_count() or 1)
+    if isinstance(jobs, str) and jobs.isdigit():
+        jobs = int(jobs)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"--jobs: expected an integer >= 1 or 'auto', got {jobs!r}")
+    return max(1, min(jobs, tasks))
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(splits, train_cfg, eval_cfg, threads: int, force: bool = False,
+                 provenance: dict | None = None) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER.update(splits=splits, train_cfg=train_cfg, eval_cfg=eval_cfg, force=force,
+                   provenance=provenance)
+
+
+def _train_and_evaluate(task: tuple[int, str, Path]) -> tuple[int, str, int, float]:
+    """One (seed, method, run folder) in a worker: train, evaluate, write the run folder."""
+    from mmfast.eval.protocols import evaluate_run
+    from mmfast.train import fit_method
+
+    seed, name, run_dir = task
+    splits = _WORKER["splits"]
+    cfg = dataclasses.replace(_WORKER["train_cfg"], seed=seed)
+    model, stats = fit_method(name, splits["train"], splits["val"], cfg, run_dir,
+                              force=_WORKER["force"], provenance=_WORKER["provenance"])
+    evaluate_run(run_dir, model, splits["test"], _WORKER["eval_cfg"], method=name)
+    return seed, name, int(stats["num_parameters"]), float(stats["train_time_s"])
+
+
+def _run_parallel(tasks, workers: int, splits, train_cfg, eval_cfg, seeds: int,
+                  clock: _Clock, *, force: bool = False, provenance: dict | None = None
+                  ) -> None:
+    """Every task in ``workers`` spawned processes (one torch thread each on CPU)."""
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    clock.step(f"{len(tasks)} trainings in {workers} processes of {threads} thread(s)")
+    init = (splits, train_cfg, eval_cfg, threads, force, provenance)
+    with context.Pool(workers, _init_worker, init) as pool:
+        for seed, name, params, seconds in pool.imap_unordered(_train_and_evaluate, tasks):
+            clock.step(f"trained and evaluated {name}{_seed_label(seed, seeds)} "
+                       f"({params:,} parameters, {seconds:.0f} s training)")
 
 
 def _seed_label(seed: int, seeds: int) -> str:
@@ -218,6 +282,9 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true",
                    help="retrain runs in OUT that were trained with a different config "
                    "(without it that is an error)")
+    p.add_argument("--jobs", default="auto", metavar="J",
+                   help="trainings at once, each in its own process (default auto: one per "
+                   "CPU core with one thread each on CPU, 1 on a GPU)")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="train every method N times (seeds 0..N-1): tables show mean +- sd "
                    "and claims get verdicts (default 1: claims only indicative)")
@@ -237,6 +304,6 @@ def _run(args: argparse.Namespace) -> int:
     with main_process_lock(args.out):  # one demo per folder (data, runs, report)
         report = run_demo(args.out, args.preset, args.methods, args.data, args.device,
                           eval_config_from_args(args, device), force=args.force,
-                          seeds=args.seeds)
+                          seeds=args.seeds, jobs=args.jobs)
     print(f"report: {report}")
     return 0

@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-epochs", type=int, default=30, help="epochs of the estimated run")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the estimated run")
     p.add_argument("--preset", default="long", help="demo preset (train and eval settings)")
-    p.add_argument("--no-eval", action="store_true", help="measure training only")
+    p.add_argument("--eval-methods", nargs="*", default=None, metavar="NAME",
+                   help="evaluate only these methods (default: every one; none: --eval-methods "
+                   "with no name)")
     args = p.parse_args(argv)
 
     import torch
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             train_cpu, train_wall = time.process_time() - cpu, time.perf_counter() - wall
             eval_cpu = eval_wall = 0.0
             shares = {}
-            if not args.no_eval:
+            if args.eval_methods is None or name in args.eval_methods:
                 cpu, wall = time.process_time(), time.perf_counter()
                 path = evaluate_run(run, model, splits["test"], eval_cfg, method=name)
                 eval_cpu, eval_wall = time.process_time() - cpu, time.perf_counter() - wall

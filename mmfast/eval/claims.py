@@ -335,7 +335,8 @@ def _add(*args, **kwargs) -> None:
 _add("UME-MMA", "Missing-modality augmentation (UME-MMA) beats the same uni-modal ensemble "
      "without it (UME) when a modality is missing", "ume_mma", "ume", missing_metrics(),
      f"{_M} section 1 (Idea, Training); {_NO_TABLE}", "UNVERIFIED")
-_add("UME-MMA", "... across missing rates", "ume_mma", "ume", (missing_rate_metric(),),
+_add("UME-MMA", "UME-MMA beats UME across missing rates", "ume_mma", "ume",
+     (missing_rate_metric(),),
      f"{_M} section 1 (Eval protocol: missing rates); {_NO_TABLE}", "UNVERIFIED")
 _add("UME-MMA", "UME-MMA beats joint training when a modality is missing", "ume_mma", "joint",
      missing_metrics(), f"{_M} section 1; {_NO_TABLE}", "UNVERIFIED", matched=False)
@@ -382,7 +383,8 @@ _UDML_EFFECT = ("paper: UNVERIFIED; repository notes, CREMA-D, UDML alone: clean
 _add("UDML", "Noise-aware, bias-corrected dynamic weights (UDML) are more robust to Gaussian "
      "noise than the same model with static weights", "udml", "udml_static",
      noise_metrics("gaussian"), _UDML, _UDML_EFFECT)
-_add("UDML", "... and to salt-and-pepper noise", "udml", "udml_static",
+_add("UDML", "UDML is more robust to salt-and-pepper noise than the same model with static "
+     "weights", "udml", "udml_static",
      noise_metrics("salt_pepper"), _UDML, _UDML_EFFECT)
 _add("UDML", "UDML is more robust to Gaussian noise than plain late fusion", "udml", "late",
      noise_metrics("gaussian"), _UDML, _UDML_EFFECT, matched=False)

@@ -182,12 +182,14 @@ def _seeds_section(groups) -> list[str]:
 
 
 def _claims(runs) -> list[str]:
-    rows = []
+    rows, previous = [], None
     for row in check_claims(runs):
         c, v = row.claim, row.verdict
         rival = c.rival if c.matched else f"{c.rival} (baseline)"
-        rows.append([c.source, c.statement, rival, row.metric, f"**{v.status}**", v.evidence,
-                     c.cite, c.effect])
+        head = [c.source, c.statement, rival] if c is not previous else ["", "", ""]
+        tail = [c.cite, c.effect] if c is not previous else ["", ""]  # once per claim
+        rows.append([*head, row.metric, f"**{v.status}**", v.evidence, *tail])
+        previous = c
     return (["## Claims checked on this data", "", RULE, "",
              "Each claim's rival is matched (`mmfast/methods/rivals.py`): it shares the "
              "method's dropout, noise, attack or mixup and lacks its mechanism; rows marked "

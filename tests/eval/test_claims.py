@@ -106,8 +106,8 @@ def test_certified_accuracy_is_checked_per_radius_so_a_crossover_shows():
 def _attack(clean, joint, video, audio, image):
     pgd = {"joint": [clean, joint], "video": [clean, video], "audio": [clean, audio],
            "image": [clean, image]}
-    return {"eps": [0.0, 0.5], "clean_accuracy": clean, "budgets": list(pgd),
-            "pgd": {"accuracy": pgd}, "fgm": {"accuracy": pgd}}
+    return {"eps": [0.0, 0.5], "clean_accuracy": clean, "budgets": list(pgd), "num_samples": 10,
+            "pgd": {"accuracy": pgd, "steps": 4}, "fgm": {"accuracy": pgd}}
 
 
 def test_modality_preference_claims_read_the_uni_modal_attacks():
