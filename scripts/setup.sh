@@ -52,7 +52,7 @@ if ! cmp -s requirements.txt "$stamp" 2>/dev/null; then
 fi
 
 # Rebuild the extension only when a source or the build script changed.
-src_hash=$(cat setup.py pyproject.toml $(find csrc -type f | sort) | sha1sum | cut -c1-40)
+src_hash=$(cat setup.py pyproject.toml $(find csrc buildtools -type f -not -name "*.pyc" | sort) | sha1sum | cut -c1-40)
 build_stamp="$VENV/.mmfast-build"
 if [ "$(cat "$build_stamp" 2>/dev/null)" != "$src_hash" ] || ! "$VPY" -c "import mmfast._C" 2>/dev/null; then
   echo "[setup] building mmfast (C++ extension; about 2 minutes on 2 cores)"
