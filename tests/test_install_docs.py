@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,16 @@ def test_readme_benchmarks_section_shows_the_summarize_step():
     section = readme.split("## Benchmarks", 1)[1].split("\n## ", 1)[0]
     assert "benchmarks/summarize.py" in section and "--benchmark-json" in section
     assert "mmfast bench --full" in section
+
+
+def test_deprecations_from_mmfast_code_fail_the_test_run():
+    """pyproject's filterwarnings: a DeprecationWarning attributed to an mmfast module is an
+    error in every test; torch's internal script_method one is not shown."""
+    for category in (DeprecationWarning, PendingDeprecationWarning):
+        with pytest.raises(category):
+            warnings.warn_explicit("old API", category, "mmfast/x.py", 1, module="mmfast.x")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn_explicit("`torch.jit.script_method` is deprecated. Please switch",
+                               DeprecationWarning, "torch/utils/mkldnn.py", 19,
+                               module="torch.utils.mkldnn")
+    assert not seen
