@@ -1,5 +1,6 @@
 """``mmfast bench``: run each fused op on every usable backend, check it against the reference
-and print a table of timings. A quick health check of an installation; the rigorous,
+and print a table of timings. A quick health check of an installation (``--quick``, the
+default: small sizes, seconds; ``--full``: the moderate sizes, minutes on a CPU); the rigorous,
 side-by-side numbers come from ``pytest benchmarks --benchmark-only``."""
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ from mmfast.ops._dispatch import unavailable_reason
 
 BACKEND_ORDER = ("reference", "cpp", "cuda", "triton")
 
+#: (batch, timed repeats) of each mode; the plain-PyTorch reference of noisy_modality_dropout
+#: dominates a CPU run (seconds per call at the full size)
+MODES: dict[str, tuple[int, int]] = {"quick": (256, 3), "full": (1024 * 16, 5)}
 
-def _cases(device: str, scale: int) -> dict[str, tuple[Callable, Callable]]:
-    """op -> (call(backend), bytes moved). Sizes grow with ``scale``."""
-    B = 1024 * scale
+
+def _cases(device: str, batch: int) -> dict[str, tuple[Callable, Callable]]:
+    """op -> (call(backend), bytes moved) at batch size ``batch``."""
+    B = batch
     x = torch.randn(B, 3, 256, device=device)
     mask = torch.rand(B, 3, device=device) < 0.7
     z = torch.randn(B, 3, 20, device=device)
     target = torch.randint(0, 20, (B,), device=device)
     lip = torch.rand(3, 20, 20, device=device) + 0.5
-    frames = torch.randn(B // 8, 8, 3, 32, 32, device=device)
+    frames = torch.randn(max(B // 8, 1), 8, 3, 32, 32, device=device)
     z4 = torch.randn(B, 4, 20, device=device)
 
     def size(*ts):
@@ -45,8 +50,9 @@ def _cases(device: str, scale: int) -> dict[str, tuple[Callable, Callable]]:
     }
 
 
-def _time(fn: Callable, device: str, repeats: int) -> float:
-    fn()
+def _time(fn: Callable, device: str, repeats: int, warm: bool = False) -> float:
+    if not warm:
+        fn()
     times = []
     for _ in range(repeats):
         if device == "cuda":
@@ -59,10 +65,11 @@ def _time(fn: Callable, device: str, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def run(device: str = "cpu", scale: int = 16, repeats: int = 5) -> list[dict]:
+def run(device: str = "cpu", batch: int = MODES["quick"][0],
+        repeats: int = MODES["quick"][1]) -> list[dict]:
     """One row per (op, backend): median ms, GB/s, max |error| vs the reference, speed-up."""
     rows = []
-    for op, (call, moved) in _cases(device, scale).items():
+    for op, (call, moved) in _cases(device, batch).items():
         want = call("reference")
         ref_s = None
         for backend in BACKEND_ORDER:
@@ -74,7 +81,8 @@ def run(device: str = "cpu", scale: int = 16, repeats: int = 5) -> list[dict]:
                 continue
             got = call(backend)
             err = (got.double() - want.double()).nan_to_num(posinf=0, neginf=0).abs().max()
-            seconds = _time(lambda b=backend, c=call: c(b), device, repeats)
+            seconds = _time(lambda b=backend, c=call: c(b), device, repeats,
+                            warm=backend == "reference")  # just ran: ``want``
             ref_s = seconds if backend == "reference" else ref_s
             rows.append({"op": op, "backend": backend, "status": "ok",
                          "ms": round(seconds * 1e3, 3), "gb_per_s": round(moved / seconds / 1e9, 2),
@@ -97,9 +105,14 @@ def format_table(rows: list[dict]) -> str:
 
 def _main(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    batch, repeats = MODES[args.mode]
+    if args.scale is not None:
+        batch = 1024 * args.scale
+    repeats = args.repeats if args.repeats is not None else repeats
     print(f"mmfast backends: {backends_summary()}")
-    print(f"device={device} threads={torch.get_num_threads()} scale={args.scale}\n")
-    rows = run(device, args.scale, args.repeats)
+    print(f"device={device} threads={torch.get_num_threads()} mode={args.mode} batch={batch} "
+          f"repeats={repeats}\n")
+    rows = run(device, batch, repeats)
     print(format_table(rows))
     if args.json:
         write_text_atomic(args.json, json.dumps(rows, indent=2))
@@ -109,11 +122,22 @@ def _main(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="time every fused op on every usable backend (quick check)",
-        description="Runs each fused op on every usable backend at a moderate size, checks it "
+        description="Runs each fused op on every usable backend (--quick: small sizes, the "
+        "default; --full: moderate sizes), checks it "
         "against the reference and prints median time, GB/s, speed-up and max error. For "
         "side-by-side numbers with torch.compile use `pytest benchmarks --benchmark-only`.")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
-    p.add_argument("--scale", type=int, default=16, help="batch = 1024 * scale (default 16)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per case (median)")
-    p.add_argument("--json", help="also write the rows to this JSON file")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                      help=f"small sizes, seconds (the default: batch {MODES['quick'][0]}, "
+                      f"{MODES['quick'][1]} repeats)")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full",
+                      help=f"moderate sizes, minutes on a CPU (batch {MODES['full'][0]}, "
+                      f"{MODES['full'][1]} repeats)")
+    p.add_argument("--scale", type=int, default=None, metavar="K",
+                   help="batch = 1024 * K instead of the mode's")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="timed repeats per case, median reported (default: the mode's)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows to this JSON file")
+    p.set_defaults(mode="quick")
     p.set_defaults(func=_main)

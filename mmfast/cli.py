@@ -33,6 +33,12 @@ EXTRAS: dict[str, str] = {
     "triton": "triton",
 }
 
+#: module -> package name, where they differ
+DISTRIBUTIONS: dict[str, str] = {
+    "PIL": "pillow", "sklearn": "scikit-learn", "espeakng_loader": "espeakng-loader",
+    "nvidia": "nvidia-dali-cuda130",
+}
+
 #: exit codes: 1 an expected failure, 2 a usage error (argparse's), 3 a missing extra,
 #: 130 interrupted (the shell's code for SIGINT)
 EXIT_ERROR, EXIT_USAGE, EXIT_MISSING_EXTRA, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -76,8 +82,9 @@ def missing_extra(exc: BaseException) -> str | None:
 
 
 def missing_extra_message(exc: ModuleNotFoundError, extra: str) -> str:
-    return (f"needs the optional package {exc.name.split('.')[0]!r}: install it with "
-            f"pip install 'mmfast[{extra}]' (or 'mmfast[all]')")
+    module = exc.name.split(".")[0]
+    return (f"needs the optional package {DISTRIBUTIONS.get(module, module)!r} (module "
+            f"{exc.name!r} is missing): pip install 'mmfast[{extra}]' (or 'mmfast[all]')")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,13 +79,17 @@ def counter(desc: str, unit: str = "it") -> Callable[[int, int], None]:
 def protocol_log(total: int, desc: str = "protocols",
                  echo: Callable[[str], None] | None = None) -> Callable[[str], None]:
     """A ``log`` callback for ``mmfast.eval.run_protocols`` / ``evaluate_run`` that advances a
-    bar by one per finished protocol (and passes each line on to ``echo``, if given).
-    Call the returned function's ``close()`` when done."""
+    bar by one per finished protocol (and passes each line on to ``echo``, if given). The
+    bar closes after ``total`` lines (or by calling the returned function's ``close()``)."""
     progress = bar(total=total, desc=desc, unit="protocol")
+    seen = [0]
 
     def log(line: str) -> None:
+        seen[0] += 1
         progress.update(1)
         progress.set_postfix_str(line.strip())
+        if seen[0] >= total:
+            progress.close()
         if echo is not None:
             if isinstance(progress, _NoBar):
                 echo(line)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh machine: a virtual environment in .venv, torch (never replacing a
-# CUDA torch the machine already has, never downloading a CUDA build when there is none),
-# the pinned requirements, and an editable build of mmfast with its C++ extension.
+# CUDA torch the machine already has; MMFAST_TORCH_INDEX optionally names the index to take
+# torch from), the pinned requirements (every extra: what the README's commands need), and an
+# editable build of mmfast with its C++ extension against that torch.
 # Re-running it is cheap: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,15 +23,20 @@ VPY="$VENV/bin/python"
 pipi() { "$VPY" -m pip install --disable-pip-version-check -q "$@"; }
 
 if ! "$VPY" -c "import torch" 2>/dev/null; then
-  echo "[setup] installing torch==2.13.0 (CPU build)"
-  # A local wheel (find-links) when the machine has one, else the CPU-only index; never the
-  # multi-GB CUDA build from the default index.
+  # A local wheel (pip's find-links) when the machine has one; else the index that
+  # MMFAST_TORCH_INDEX names (e.g. PyTorch's CPU-only wheel index, listed by PyTorch's install
+  # selector); else pip's configured index, which on Linux serves the multi-GB CUDA build.
   wheels=$(mktemp -d)
   if "$VPY" -m pip download -q --no-deps --no-index -d "$wheels" torch==2.13.0 2>/dev/null; then
-    pipi "$wheels"/torch-*.whl   # the machine's local wheel; its dependencies from PyPI
+    echo "[setup] installing torch==2.13.0 from the machine's local wheel"
+    pipi "$wheels"/torch-*.whl   # its dependencies from pip's configured index
+  elif [ -n "${MMFAST_TORCH_INDEX:-}" ]; then
+    echo "[setup] installing torch==2.13.0 from \$MMFAST_TORCH_INDEX"
+    pipi torch==2.13.0 --index-url "$MMFAST_TORCH_INDEX"
   else
-    pipi torch==2.13.0 --index-url "${MMFAST_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" \
-      --extra-index-url https://pypi.org/simple
+    echo "[setup] installing torch==2.13.0 from pip's configured index (on Linux a CUDA" \
+      "build of several GB; set MMFAST_TORCH_INDEX to a CPU-only wheel index to avoid it)"
+    pipi torch==2.13.0
   fi
   rm -rf "$wheels"
 fi
@@ -46,7 +52,7 @@ if ! cmp -s requirements.txt "$stamp" 2>/dev/null; then
 fi
 
 # Rebuild the extension only when a source or the build script changed.
-src_hash=$(cat setup.py pyproject.toml $(find csrc -type f | sort) | sha1sum | cut -c1-40)
+src_hash=$(cat setup.py pyproject.toml $(find csrc buildtools -type f -not -name "*.pyc" | sort) | sha1sum | cut -c1-40)
 build_stamp="$VENV/.mmfast-build"
 if [ "$(cat "$build_stamp" 2>/dev/null)" != "$src_hash" ] || ! "$VPY" -c "import mmfast._C" 2>/dev/null; then
   echo "[setup] building mmfast (C++ extension; about 2 minutes on 2 cores)"

@@ -135,7 +135,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "adapt", help="write a manifest for a real dataset's folder",
         description="Build manifest.csv (+ info.json) for a real dataset laid out as its "
                     "distribution ships it; files stay where they are. See docs/data.md.")
-    adapt.add_argument("dataset", choices=["avmnist", "crema-d", "kinetics-sounds"])
+    adapt.add_argument("dataset", choices=["avmnist", "crema-d", "kinetics-sounds"],
+                       help="which dataset's layout --src has")
     adapt.add_argument("--src", required=True, type=existing_folder,
                        help="the dataset's root folder")
     adapt.add_argument("--out", required=True, type=output_folder,

@@ -104,7 +104,7 @@ def config_from_args(args: argparse.Namespace):
              "seed": args.seed, "grad_clip": args.grad_clip, "amp": args.amp,
              "device": args.device, "num_threads": args.threads}
     overrides = {k: v for k, v in flags.items() if v is not None}
-    if args.no_progress:
+    if args.no_progress or getattr(args, "quiet", False):
         overrides["progress"] = False
     if args.no_resume:
         overrides["resume"] = False

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +46,21 @@ def test_help_lists_the_commands(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert all(cmd in text for cmd in ("make", "adapt", "info", "check"))
+
+
+def test_decoding_a_split_shows_a_progress_bar(tiny_root):
+    """``load_split`` (what train, eval and demo decode with) draws a bar on stderr when
+    bars are on (MMFAST_PROGRESS=1 stands in for a terminal) and none when they are off."""
+    repo = Path(__file__).resolve().parents[2]
+    code = ("from mmfast.data.loader import load_split; "
+            f"print(load_split({str(tiny_root)!r}, 'train')['label'].numel())")
+    outs = {}
+    for flag in ("1", "0"):
+        env = {**os.environ, "PYTHONPATH": str(repo), "MMFAST_PROGRESS": flag}
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        outs[flag] = proc
+    assert "decode train" in outs["1"].stderr and "batch" in outs["1"].stderr
+    assert "decode train" not in outs["0"].stderr
+    assert outs["1"].stdout == outs["0"].stdout
