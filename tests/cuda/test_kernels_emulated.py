@@ -576,3 +576,22 @@ def test_noise_grid_stride_tracks_rows_incrementally(emu, dtype):
                                        i64(x.numel()), i64(x.numel() // B), 1, 1,
                                        ptr(y))  # fmt: skip
         assert_matches(y, y_ref, dtype, f"{shape}")
+
+
+def test_subset_accuracy_argmax_without_division_keeps_quotient_ties(emu):
+    """num_1 > num_0 but num_0 / den == num_1 / den in float32: the reference's argmax over the
+    divided scores picks class 0, and so must the kernel, which divides only when a strictly
+    larger numerator appears (found by search: w = (0.9556..., 1.3007...))."""
+    w = torch.tensor([[0.955627977848053, 1.3006994724273682]])
+    z = torch.tensor([[[1.46608567237854, 1.46608567237854],
+                       [1.7208302021026611, 1.7208303213119507]]])
+    num = (w[0, 0] * z[0, 0] + w[0, 1] * z[0, 1])
+    assert num[0] < num[1] and num[0] / w.sum() == num[1] / w.sum()
+    subsets = torch.ones(1, 2, dtype=torch.bool)
+    target = torch.zeros(1, dtype=torch.int64)
+    assert int(ref.subset_correct(z, target, subsets, w, None)[0]) == 1
+    for rows, classes in [(1, 2), (1, 1)]:  # flat staging, and one class per chunk
+        correct = torch.zeros(1, dtype=torch.int64)
+        emu.emu_subset_accuracy(0, ptr(z), ptr(target), ptr(subsets), ptr(w), None, i64(1), 2,
+                                i64(2), 1, rows, classes, 1, ptr(correct))  # fmt: skip
+        assert int(correct[0]) == 1, (rows, classes)
