@@ -56,6 +56,27 @@ __global__ void subset_logits_kernel(const T* __restrict__ z, const bool* __rest
   }
 }
 
+// Copies the contiguous slice src[0, avail) of z into tile[0, total) in opmath, zero-padded:
+// the tile of R rows when all C classes fit (the R x M x C block of z is one slice), read with
+// 16-byte vectors when the slice start is aligned. Absent modalities are staged too but never
+// used: the scoring pass selects them out.
+template <typename T>
+MMFAST_DEVICE void stage_flat(const T* src, int64_t avail, int total, opmath_t<T>* tile, int tid,
+                              int threads) {
+  constexpr int V = vector_width<T>();
+  const bool aligned = is_aligned(src, kVectorBytes);
+  for (int i = tid * V; i < total; i += threads * V) {
+    const int64_t left = avail - i;
+    const int count = left >= V ? V : (left > 0 ? static_cast<int>(left) : 0);
+    opmath_t<T> v[V];
+    load_opmath<T, V>(src + i, aligned && count == V, count, v);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      if (i + j < total) tile[i + j] = v[j];
+    }
+  }
+}
+
 // Shared-memory carve-up of subset_accuracy_kernel, in bytes from the start (8-byte aligned
 // pieces first). The launcher sizes the dynamic shared memory with total_bytes().
 template <typename A>
@@ -73,7 +94,7 @@ struct SubsetAccuracyLayout {
   __host__ __device__ int64_t weights_offset() const {  // R x M: weight * present
     return tile_offset() + tile_elems() * static_cast<int64_t>(sizeof(A));
   }
-  __host__ __device__ int64_t best_value_offset() const {  // R x S running maxima
+  __host__ __device__ int64_t best_value_offset() const {  // R x S running max numerators
     return weights_offset() + static_cast<int64_t>(tile_rows) * M * sizeof(A);
   }
   __host__ __device__ int64_t best_index_offset() const {  // R x S running argmax (int32)
@@ -138,14 +159,19 @@ __global__ void subset_accuracy_kernel(const T* __restrict__ z,
     for (int64_t c0 = 0; c0 < C; c0 += CT) {
       const int cn = C - c0 < CT ? static_cast<int>(C - c0) : CT;
       __syncthreads();  // the tile is free again; row_weights / best_index are visible
-      for (int i = tid; i < R * M * CT; i += threads) {
-        const int r = i / (M * CT);
-        const int rem = i - r * M * CT;
-        const int m = rem / CT;
-        const int c = rem - m * CT;
-        const int64_t b = row0 + r;
-        const bool read = b < B && c < cn && (present == nullptr || present[b * M + m]);
-        tile[i] = read ? to_opmath(z[(b * M + m) * C + c0 + c]) : A(0);
+      if (CT == C) {
+        stage_flat<T>(z + row0 * M * C, (B - row0 < R ? B - row0 : R) * M * C, R * M * CT,
+                      tile, tid, threads);
+      } else {
+        for (int i = tid; i < R * M * CT; i += threads) {
+          const int r = i / (M * CT);
+          const int rem = i - r * M * CT;
+          const int m = rem / CT;
+          const int c = rem - m * CT;
+          const int64_t b = row0 + r;
+          const bool read = b < B && c < cn && (present == nullptr || present[b * M + m]);
+          tile[i] = read ? to_opmath(z[(b * M + m) * C + c0 + c]) : A(0);
+        }
       }
       __syncthreads();
       for (int p = tid; p < pairs; p += threads) {
@@ -168,21 +194,29 @@ __global__ void subset_accuracy_kernel(const T* __restrict__ z,
         }
         const A scale = den > A(0) ? den : A(1);
         const A* tile_row = tile + static_cast<int64_t>(r) * M * CT;
-        A best = best_value[p];
+        // argmax_c of num_c / scale without a division per class: the quotient is monotone in
+        // num_c (scale > 0), so only a strictly larger num_c can move the argmax, and it does
+        // unless its quotient rounds to the current best quotient (then the earlier class keeps
+        // the tie, as torch.argmax over the divided scores does). One division per such event.
+        A best_num = best_value[p];  // running max of num (NaN: a NaN score, which stays)
         int best_c = best_index[p];
+        A best_q = best_c < 0 ? A(0) : best_num / scale;
         for (int c = 0; c < cn; ++c) {
           A num = A(0);
 #pragma unroll
           for (int m = 0; m < kMaxModalities; ++m) {
             if (m < M && (use >> m & 1u)) num += ws[m] * tile_row[m * CT + c];
           }
-          const A score = num / scale;
-          if (best_c < 0 || beats_max(score, best)) {
-            best = score;
-            best_c = static_cast<int>(c0 + c);
+          if (best_c < 0 || beats_max(num, best_num)) {
+            const A q = num / scale;
+            if (best_c < 0 || q != q || q > best_q) {
+              best_q = q;
+              best_c = static_cast<int>(c0 + c);
+            }
+            best_num = num;
           }
         }
-        best_value[p] = best;
+        best_value[p] = best_num;
         best_index[p] = best_c;
       }
     }

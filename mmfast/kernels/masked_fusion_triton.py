@@ -134,9 +134,9 @@ def _backward_kernel(
     modalities = tl.arange(0, BLOCK_M)
     divisor = _divisor(tl.load(denom_ptr + rows, mask=row_ok, other=1), NORMALIZE)
     bad = tl.zeros([BLOCK_B], tl.int1)
-    for m in tl.static_range(M):
-        _, _, bad_m = _modality_weight(mask_ptr, weight_ptr, rows, row_ok, m, M, HAS_WEIGHT,
-                                       ACC)
+    for m in tl.static_range(M):  # (no `_` names: loop-carried values must keep their type)
+        present_m, w_m, bad_m = _modality_weight(mask_ptr, weight_ptr, rows, row_ok, m, M,
+                                                 HAS_WEIGHT, ACC)
         bad = bad | bad_m
     poison = tl.where(bad, float("nan"), 0.0).to(ACC)  # added to every output of the row
     dot_x = tl.zeros([BLOCK_B, BLOCK_M], dtype=ACC)  # sum_d gy * x_m
@@ -146,8 +146,8 @@ def _backward_kernel(
         gy = tl.load(grad_y_ptr + rows[:, None] * D + cols[None, :], mask=tile_ok, other=0)
         gy = gy.to(ACC)
         for m in tl.static_range(M):
-            present, w, _ = _modality_weight(mask_ptr, weight_ptr, rows, row_ok, m, M,
-                                             HAS_WEIGHT, ACC)
+            present, w, bad_m = _modality_weight(mask_ptr, weight_ptr, rows, row_ok, m, M,
+                                                 HAS_WEIGHT, ACC)
             x_offs = (rows * M + m)[:, None] * D + cols[None, :]
             grad_x = tl.where(present[:, None], gy * (w / divisor)[:, None], 0.0)
             grad_x = grad_x + poison[:, None]

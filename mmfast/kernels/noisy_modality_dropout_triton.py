@@ -4,7 +4,7 @@ Two launches: a tiny per-sample kernel draws keep_b and sigma_used_b from the sa
 (counter word 1 carries SAMPLE_STREAM_BIT), then the element kernel walks x in flat,
 4-aligned blocks: one ``tl.philox`` call yields the four 32-bit words of noise block e // 4,
 Box-Muller turns lane pairs (0, 1) and (2, 3) into four normals (hardware cos/sin on a
-GPU), and ``tl.join`` + reshape interleave them back to element order. So each element costs
+GPU), and the block, held as (blocks, 4), picks each element's lane with a select. So each element costs
 a quarter of a Philox call, x is read once (not at all for dropped rows) and y written once.
 Counters, key layout and the uint32 -> uniform map are exactly those of
 mmfast/ops/reference.py: keep and sigma_used are bit-identical, and y differs only by the
@@ -130,9 +130,15 @@ def _noise_kernel(
     ACC: tl.constexpr, OFFSET_IN_TENSOR: tl.constexpr, BLOCK: tl.constexpr,
     ROW_SPANS_BLOCK: tl.constexpr,
 ):
+    # The block is held as (QUADS, 4): row q is Philox block start / 4 + q, column j its
+    # lane, so each thread's four consecutive elements take the four words of one Philox call
+    # with a select, no tl.join / reshape (which went through a shared-memory layout
+    # conversion). The philox / Box-Muller math runs on (QUADS, 1) tensors.
     QUADS: tl.constexpr = BLOCK // 4
     start = tl.program_id(0).to(tl.int64) * BLOCK
-    offs = start + tl.arange(0, BLOCK)
+    quads = start // 4 + tl.arange(0, QUADS).to(tl.int64)[:, None]  # (QUADS, 1)
+    lane = tl.arange(0, 4)[None, :]  # (1, 4)
+    offs = quads * 4 + lane  # (QUADS, 4), contiguous
     ok = offs < numel
     if ROW_SPANS_BLOCK:  # row_len >= BLOCK: a block touches at most two rows, no division
         row0 = start // row_len
@@ -143,11 +149,10 @@ def _noise_kernel(
     sigma = tl.load(sigma_used_ptr + rows, mask=ok, other=0)
 
     lo, hi = _offset_words(offset_ptr, offset_lo, offset_hi, OFFSET_IN_TENSOR)
-    quads = start // 4 + tl.arange(0, QUADS).to(tl.int64)
     r0, r1, r2, r3 = _philox_words(seed, quads, 0, lo, hi)
     n0, n1 = _box_muller(_philox_uniform(r0), _philox_uniform(r1))
     n2, n3 = _box_muller(_philox_uniform(r2), _philox_uniform(r3))
-    noise = tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), [BLOCK])  # n0 n1 n2 n3 ...
+    noise = tl.where(lane == 0, n0, tl.where(lane == 1, n1, tl.where(lane == 2, n2, n3)))
 
     x = tl.load(x_ptr + offs, mask=ok & keep, other=0)
     noisy = x.to(ACC) + (sigma * noise).to(ACC)  # noise in float32, the sum in opmath

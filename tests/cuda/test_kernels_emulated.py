@@ -14,8 +14,10 @@ from __future__ import annotations
 import ctypes
 import itertools
 import math
+import mmap
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -576,3 +578,59 @@ def test_noise_grid_stride_tracks_rows_incrementally(emu, dtype):
                                        i64(x.numel()), i64(x.numel() // B), 1, 1,
                                        ptr(y))  # fmt: skip
         assert_matches(y, y_ref, dtype, f"{shape}")
+
+
+def test_subset_accuracy_argmax_without_division_keeps_quotient_ties(emu):
+    """num_1 > num_0 but num_0 / den == num_1 / den in float32: the reference's argmax over the
+    divided scores picks class 0, and so must the kernel, which divides only when a strictly
+    larger numerator appears (found by search: w = (0.9556..., 1.3007...))."""
+    w = torch.tensor([[0.955627977848053, 1.3006994724273682]])
+    z = torch.tensor([[[1.46608567237854, 1.46608567237854],
+                       [1.7208302021026611, 1.7208303213119507]]])
+    num = (w[0, 0] * z[0, 0] + w[0, 1] * z[0, 1])
+    assert num[0] < num[1] and num[0] / w.sum() == num[1] / w.sum()
+    subsets = torch.ones(1, 2, dtype=torch.bool)
+    target = torch.zeros(1, dtype=torch.int64)
+    assert int(ref.subset_correct(z, target, subsets, w, None)[0]) == 1
+    for rows, classes in [(1, 2), (1, 1)]:  # flat staging, and one class per chunk
+        correct = torch.zeros(1, dtype=torch.int64)
+        emu.emu_subset_accuracy(0, ptr(z), ptr(target), ptr(subsets), ptr(w), None, i64(1), 2,
+                                i64(2), 1, rows, classes, 1, ptr(correct))  # fmt: skip
+        assert int(correct[0]) == 1, (rows, classes)
+
+
+def test_certified_margin_lip_offsets_past_2_31(emu):
+    """64-bit offsets without allocating gigabytes: a (3, 30000, 30000) float32 lip (10.8 GB
+    of address space) is an untouched private anonymous mapping, so only the rows the kernel
+    reads, lip[m, y_b, :], get pages. For m = 2 and y near C the offset (m C + y) C + k passes
+    2^31; 32-bit arithmetic would read other (zero) pages and change the radii."""
+    M, C = 3, 30000
+    assert (2 * C + C - 1) * C > 2**31
+    nbytes = M * C * C * 4
+    try:
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x4000)
+    except OSError as exc:  # MAP_NORESERVE refused (strict overcommit): nothing to check here
+        pytest.skip(f"cannot reserve {nbytes} bytes of address space: {exc}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # frombuffer warns about the writable buffer
+        lip = torch.frombuffer(buf, dtype=torch.float32).view(M, C, C)
+    target = torch.tensor([C - 1, C - 2])
+    for y in target.tolist():
+        for m in range(M):
+            lip[m, y] = torch.rand(C) + 0.5 + m  # touches one row per (m, y)
+    z = torch.randn(2, M, C)
+    radius = torch.zeros(2)
+    margin = torch.zeros(2)
+    runner = torch.zeros(2, dtype=torch.int64)
+    emu.emu_certified_margin(0, ptr(z), ptr(target), ptr(lip), 1, None, None, norm_kind(2.0),
+                             ctypes.c_double(2.0), 0, i64(2), M, i64(C), 32, 1, ptr(radius),
+                             ptr(margin), ptr(runner))  # fmt: skip
+    for b, y in enumerate(target.tolist()):
+        rows = torch.stack([lip[m, y] for m in range(M)]).double()  # (M, C)
+        marg = (z[b, :, y:y + 1] - z[b]).double().sum(0)
+        r = marg / rows.norm(dim=0)
+        r[y] = math.inf
+        assert int(runner[b]) == int(r.argmin())
+        torch.testing.assert_close(radius[b].double(), r.min(), rtol=1e-5, atol=1e-6)
+    del lip
+    buf.close()
