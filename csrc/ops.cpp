@@ -36,7 +36,7 @@ TORCH_LIBRARY(mmfast, m) {
   // mmfast/ops/reference.py (philox_noise_counters, philox_sample_counters).
   m.def(
       "noisy_modality_dropout(Tensor x, Tensor p_drop, Tensor sigma, bool sigma_levels, int seed, "
-      "int offset, float fill) -> (Tensor, Tensor, Tensor)");
+      "Tensor offset, float fill) -> (Tensor, Tensor, Tensor)");
 
   // scores (S, B, C) z.dtype: masked_fusion(z, subsets_s & present, weight, normalize=True).
   m.def("subset_logits(Tensor z, Tensor subsets, Tensor? weight, Tensor? present) -> Tensor");
