@@ -43,7 +43,12 @@ def _isa_builds() -> list[str]:
 
 class BuildExtension(cpp_extension.BuildExtension):
     """torch's BuildExtension, plus the per-ISA objects of the CPU kernels (compiled through the
-    same compiler wrapper, so ninja builds them in parallel and incrementally)."""
+    same compiler wrapper, so ninja builds them in parallel and incrementally).
+
+    Link order is the safety net for inline functions outside the per-ISA namespaces (c10 and
+    std templates a kernel TU emits as COMDAT copies): the linker keeps the first copy it
+    sees, and the objects go main sources, DEFAULT, AVX2, AVX512, so a caller never gets a copy
+    compiled for a wider ISA than its own (as in ATen's build)."""
 
     def build_extension(self, ext):
         cxx = ext.extra_compile_args

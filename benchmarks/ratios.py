@@ -27,10 +27,11 @@ def load(path: str) -> dict[str, dict[str, float]]:
     with open(path) as f:
         data = json.load(f)
     cases: dict[str, dict[str, float]] = defaultdict(dict)
+    names = {b.get("extra_info", {}).get("provider") for b in data["benchmarks"]}
+    legacy = not any(str(n).startswith("mmfast-") for n in names)  # before the renaming
     for bench in data["benchmarks"]:
-        info = bench.get("extra_info", {})
-        provider = info.get("provider") or bench["param"]
-        if "backend" not in info:  # a file written before the providers were renamed
+        provider = bench.get("extra_info", {}).get("provider") or bench["param"]
+        if legacy:
             provider = LEGACY.get(provider, provider)
         cases[bench["group"]][provider] = bench["stats"]["median"]
     return cases

@@ -275,3 +275,34 @@ def test_subset_accuracy_row_with_nan_scores_counts_as_wrong(isa):
     subsets = reference.all_subsets(M)  # {0}, {1}, {0, 1}
     correct = OPS.subset_accuracy(z, target, subsets, None, None)
     assert correct.tolist() == [3, 4, 3]
+
+
+# ------------------------------------------------------- large outputs on transparent huge pages
+def _anon_huge_kb() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif("[madvise]" not in _thp_mode() or not os.path.exists("/proc/self/smaps_rollup"),
+                    reason="needs Linux with transparent huge pages in madvise mode")
+def test_large_output_is_advised_onto_huge_pages():
+    """A fresh 32 MB grad_x is faulted in as 2 MiB pages (csrc/cpu/cpu_utils.h empty_output):
+    without the advice, THP in madvise mode gives none."""
+    B, M, D = 8192, 4, 256
+    x, mask, grad_y = torch.randn(B, M, D), torch.ones(B, M, dtype=torch.bool), torch.randn(B, D)
+    before = _anon_huge_kb()
+    grad_x, _ = OPS._masked_fusion_backward(grad_y, x, mask, None, grad_y, grad_y[:, 0], True,
+                                            False)
+    assert _anon_huge_kb() - before >= 8 * 1024, "expected >= 8 MiB of the output on huge pages"
+    del grad_x
