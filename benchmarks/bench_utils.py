@@ -18,9 +18,18 @@ import pytest
 import torch
 
 import mmfast
+from mmfast import _extension
 from mmfast.ops._dispatch import unavailable_reason
 
-PROVIDERS = ("reference", "compile", "cpp", "cuda", "triton")
+#: Provider names as users think of them (issue 14): ``eager`` is the eager PyTorch expression
+#: of the op (mmfast.ops.reference), ``compile`` its torch.compile, ``mmfast-<backend>`` the
+#: public op on that backend.
+PROVIDERS = ("eager", "compile", "mmfast-cpp", "mmfast-cuda", "mmfast-triton")
+
+
+def backend_of(provider: str) -> str:
+    """The backend behind a provider name: "reference", "compile", "cpp", "cuda", "triton"."""
+    return "reference" if provider == "eager" else provider.removeprefix("mmfast-")
 
 
 def devices() -> list[str]:
@@ -28,9 +37,10 @@ def devices() -> list[str]:
 
 
 def skip_unless_usable(op: str, provider: str, device: str) -> None:
-    if provider in ("reference", "compile"):
+    backend = backend_of(provider)
+    if backend in ("reference", "compile"):
         return
-    reason = unavailable_reason(op, provider, torch.device(device))
+    reason = unavailable_reason(op, backend, torch.device(device))
     if reason is not None:
         pytest.skip(reason)
 
@@ -38,11 +48,12 @@ def skip_unless_usable(op: str, provider: str, device: str) -> None:
 def runner(op: str, provider: str, reference_fn: Callable, public_fn: Callable) -> Callable:
     """A callable taking the op's arguments: eager reference, compiled reference, or the public
     op forced onto ``provider``."""
-    if provider == "reference":
+    backend = backend_of(provider)
+    if backend == "reference":
         return reference_fn
-    if provider == "compile":
+    if backend == "compile":
         return torch.compile(reference_fn, dynamic=False)
-    return functools.partial(public_fn, backend=provider)
+    return functools.partial(public_fn, backend=backend)
 
 
 def synchronize(device: str) -> None:
@@ -73,6 +84,12 @@ def _commit() -> str:
                                        stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def cpu_capability() -> str | None:
+    """The ISA build of mmfast's CPU kernels in use (None without the extension)."""
+    op = getattr(torch.ops.mmfast, "_cpu_capability", None) if _extension.loaded() else None
+    return op() if op is not None else None
 
 
 def nbytes(*tensors) -> int:
@@ -147,6 +164,7 @@ def run(benchmark, fn: Callable, device: str, moved_bytes: int, input_bytes: int
         device=(torch.cuda.get_device_name() if device == "cuda" else platform.processor()
                 or platform.machine()),
         threads=torch.get_num_threads(),
+        cpu_capability=cpu_capability(),
         torch=torch.__version__,
         mmfast=mmfast.__version__,
         commit=_commit(),
@@ -154,3 +172,5 @@ def run(benchmark, fn: Callable, device: str, moved_bytes: int, input_bytes: int
     )
     if device == "cuda" and os.environ.get("MMFAST_BENCH_CUDA_EVENTS") == "1":
         benchmark.extra_info.update(cuda_event_info(fn, moved_bytes, input_bytes))
+    if "provider" in info:  # the backend name too (summarize.py keys on it)
+        benchmark.extra_info["backend"] = backend_of(info["provider"])

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
 
     providers = {"eager": fwd_bwd(reference.masked_fusion),
                  "compile": fwd_bwd(torch.compile(reference.masked_fusion, dynamic=False)),
-                 "cpp": fwd_bwd(lambda *a: ops.masked_fusion(*a, backend="cpp"))}
+                 "mmfast-cpp": fwd_bwd(lambda *a: ops.masked_fusion(*a, backend="cpp"))}
     for fn in providers.values():  # warm-up (compilation)
         fn(), fn()
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "

@@ -28,7 +28,7 @@ def _cases(data: dict) -> dict[str, dict[str, dict]]:
     """group -> provider -> {median, **extra_info}."""
     cases: dict[str, dict[str, dict]] = defaultdict(dict)
     for bench in data["benchmarks"]:
-        info = bench["extra_info"]
+        info = _backend_names(bench["extra_info"])
         cases[bench["group"]][info["provider"]] = {"median": bench["stats"]["median"], **info}
     return cases
 
@@ -136,7 +136,7 @@ def auto_order(data: dict) -> dict:
     shapes: dict[str, tuple[int, ...]] = {}
     devices = set()
     for bench in data["benchmarks"]:
-        info = bench["extra_info"]
+        info = _backend_names(bench["extra_info"])
         if info.get("provider") in GPU_BACKENDS and bench["group"].endswith("-cuda"):
             medians[info["op"]][bench["group"]][info["provider"]] = bench["stats"]["median"]
             shapes[bench["group"]] = tuple(info.get("shape", ()))
@@ -183,6 +183,13 @@ def main(argv: list[str] | None = None) -> None:
         # temp file + rename: a failed run never leaves half a table for dispatch to load
         write_text_atomic(args.auto_order, json.dumps(table, indent=2, sort_keys=True) + "\n")
         print(f"\nauto order written to {args.auto_order}: {table['orders']}")
+
+
+def _backend_names(info: dict) -> dict:
+    """extra_info with ``provider`` as the backend name ("reference", "cpp", "cuda", "triton"):
+    the benchmarks name providers as users do ("eager", "mmfast-cpp", ...) and record the backend
+    beside it (added by cpukern, issue 14's provider names)."""
+    return {**info, "provider": info.get("backend", info.get("provider"))}
 
 
 if __name__ == "__main__":

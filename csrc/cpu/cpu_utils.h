@@ -1,29 +1,49 @@
-// Helpers shared by the CPU kernels in csrc/cpu/: dtype dispatch, opmath conversion of
+// Helpers shared by the CPU kernels in csrc/cpu/kernels/: dtype dispatch, opmath conversion of
 // contiguous runs, a batch-parallel loop whose grain keeps small inputs on one thread, cheap
-// boundary checks, and the torch.argmax/argmin comparison rules (first index, NaN wins).
+// boundary checks, the value checks of the kernels' own pass (BRIEF contract 2), output
+// buffers advised onto huge pages, and the torch.argmax/argmin comparison rules.
+//
+// Included only by the per-ISA translation units: everything here lives in
+// mmfast::cpu::CPU_CAPABILITY (DEFAULT, AVX2 or AVX512), so the copies compiled with different
+// -m flags never meet at link time (an inline function shared by name would let the linker
+// keep an AVX-512 copy for the default path).
 #pragma once
+
+#ifndef CPU_CAPABILITY
+#error "csrc/cpu/kernels/*.cpp are compiled per ISA with -DCPU_CAPABILITY=DEFAULT|AVX2|AVX512"
+#endif
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <vector>
 
-namespace mmfast::cpu {
+namespace mmfast::cpu::CPU_CAPABILITY {
 
 // The four input dtypes of every op (DESIGN.md): float16, bfloat16, float32, float64.
 #define MMFAST_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
-// Scalar work (multiply-adds) below which a chunk of rows stays on one thread: spawning
-// threads for less costs more than it saves.
-constexpr int64_t kGrainWork = 32768;
+// Scalar work (multiply-adds, about a millisecond on one core) below which a job stays on one
+// thread. Every training shape (B <= 1024, M <= 3, D = 512, C <= 309) is below it: splitting
+// such a job saves at most a few hundred microseconds on an idle machine, while on a loaded
+// one the OpenMP team waits for a descheduled thread (the issue measured 0.03-0.09x of eager
+// for 32768). The >= 64 MB benchmark shapes are 4-16x above it and use every thread.
+constexpr int64_t kGrainWork = int64_t(1) << 22;
 
 // Elements of a row converted to opmath at a time: the conversion buffer stays in L1.
 constexpr int64_t kChunk = 512;
@@ -65,6 +85,50 @@ inline const T* optional_data(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->const_data_ptr<T>() : nullptr;
 }
 
+// Output buffers of at least this size are advised onto transparent huge pages.
+constexpr size_t kHugePageAdviceBytes = size_t(4) << 20;
+
+// A fresh output is written once, and its first touch (a page fault and a zeroed 4 KiB page
+// per 4 KiB) costs as much as the kernel itself for a large buffer (benchmarks/README.md:
+// ~17 ms of a 64 MB grad_x). madvise(MADV_HUGEPAGE) on the buffer's whole 2 MiB pages lets the
+// kernel fault it in 512x fewer faults where THP is in "madvise" mode; torch's allocator does
+// the same process-wide under THP_MEM_ALLOC_ENABLE=1, this does it for our outputs only.
+inline void advise_huge_pages(void* data, size_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (nbytes < kHugePageAdviceBytes) return;
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const auto begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + nbytes) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)nbytes;
+#endif
+}
+
+// at::empty for a kernel output that the kernel writes in full (see advise_huge_pages).
+inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  advise_huge_pages(t.data_ptr(), t.nbytes());
+  return t;
+}
+
+// Raises c10::ValueError (Python ValueError) in the format of the Python wrappers:
+// "<op>: argument '<name>' expected <what>, got <value>".
+template <typename T>
+[[noreturn]] C10_NOINLINE void value_error(const char* op, const char* name, const char* what,
+                                           const T& got) {
+  TORCH_CHECK_VALUE(false, op, ": argument '", name, "' expected ", what, ", got ", got);
+  __builtin_unreachable();
+}
+
+// Finite and >= 0 (false for NaN, +-inf and negatives).
+template <typename T>
+inline bool finite_nonnegative(T v) {
+  return v >= T(0) && v <= std::numeric_limits<T>::max();
+}
+
 // Kernel-boundary checks (the Python wrappers do the user-facing validation).
 inline void check_input(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
@@ -95,15 +159,22 @@ inline bool beats_for_argmin(T candidate, T best) {
   return !std::isnan(best) && (std::isnan(candidate) || candidate < best);
 }
 
-// w_m = weight_bm * mask_bm (weight null -> 1) for one row, as the reference computes it
-// (a masked-out NaN weight stays NaN); returns denom = sum_m w_m in order m = 0..M-1.
+// w_m = mask_bm ? weight_bm : 0 (weight null -> 1) for one row; returns denom = sum_m w_m in
+// order m = 0..M-1. Every weight of the row is checked (finite, >= 0; the value check of
+// BRIEF contract 2, inside the kernel's own pass), present or not, as the Python check does.
 template <typename opmath_t>
-inline opmath_t row_weights(const bool* mask_row, const opmath_t* weight_row, int64_t M,
-                            opmath_t* w) {
+inline opmath_t row_weights(const char* op, const bool* mask_row, const opmath_t* weight_row,
+                            int64_t M, opmath_t* w) {
   opmath_t denom = 0;
   for (int64_t m = 0; m < M; ++m) {
-    const opmath_t present = mask_row == nullptr || mask_row[m] ? 1 : 0;
-    w[m] = weight_row == nullptr ? present : weight_row[m] * present;
+    const bool present = mask_row == nullptr || mask_row[m];
+    if (weight_row == nullptr) {
+      w[m] = present ? opmath_t(1) : opmath_t(0);
+    } else {
+      const opmath_t v = weight_row[m];
+      if (!finite_nonnegative(v)) value_error(op, "weight", "finite non-negative values", v);
+      w[m] = present ? v : opmath_t(0);
+    }
     denom += w[m];
   }
   return denom;
@@ -118,7 +189,10 @@ inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
   for (; i + Vec::size() <= n; i += Vec::size()) {
     acc = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc);
   }
-  T sum = at::vec::vec_reduce_all<T>([](Vec& x, Vec& y) { return x + y; }, acc);
+  __at_align__ T lanes[Vec::size()];
+  acc.store(lanes);
+  T sum = 0;
+  for (int64_t j = 0; j < Vec::size(); ++j) sum += lanes[j];
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
 }
@@ -128,4 +202,4 @@ inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
 template <typename T>
 using ModalityArray = std::vector<T>;
 
-}  // namespace mmfast::cpu
+}  // namespace mmfast::cpu::CPU_CAPABILITY

@@ -107,6 +107,8 @@ def noisy_modality_dropout(
     name = choose_backend(OP, dev, backend, x.shape)
     if name == "reference":
         return reference.noisy_modality_dropout(x, p, s, levels, seed, offset, float(fill))
+    if name != "triton":  # the C++ op reads the offset from a 0-d int64 tensor (BRIEF contract 1)
+        offset = torch.tensor(offset, dtype=torch.int64, device=dev)
     return _registry.call(OP, name, x.contiguous(), p, s, levels, seed, offset, float(fill))
 
 

@@ -112,8 +112,11 @@ def test_opcheck(backend, device):
     op = getattr(torch.ops.mmfast, OP + ("_triton" if backend == "triton" else ""))
     x = torch.randn(6, 5, device=dev, requires_grad=True)
     p = torch.full((6,), 0.3, device=dev)
-    torch.library.opcheck(op, (x, p, torch.full((6,), 0.2, device=dev), False, 3, 1, 0.0))
-    torch.library.opcheck(op, (x.detach(), p, torch.tensor([0.1, 0.2], device=dev), True, 3, 1, 0.0))
+    # the C++ op reads offset from a 0-d int64 tensor (BRIEF contract 1); Triton takes the int
+    off = 1 if backend == "triton" else torch.tensor(1, device=dev)
+    torch.library.opcheck(op, (x, p, torch.full((6,), 0.2, device=dev), False, 3, off, 0.0))
+    torch.library.opcheck(op, (x.detach(), p, torch.tensor([0.1, 0.2], device=dev), True, 3, off,
+                               0.0))
 
 
 def test_modality_noise_dropout_keeps_at_least_one():

@@ -13,9 +13,12 @@
 
 #include "common/philox.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/kernels.h"
 
-namespace mmfast::cpu {
+namespace mmfast::cpu::CPU_CAPABILITY {
 namespace {
+
+constexpr const char* kOp = "noisy_modality_dropout";
 
 // philox.h's box_muller calls scalar libm (logf, cosf, sinf), which no CPU compiler
 // vectorises without -ffast-math; the branch-free polynomial versions below (Cephes
@@ -123,9 +126,21 @@ void draw_per_sample(const at::Tensor& p_drop, const at::Tensor& sigma, bool sig
   const bool p_shared = p_drop.numel() == 1, s_shared = sigma.numel() == 1;
   bool* keep_data = keep.mutable_data_ptr<bool>();
   float* used_data = sigma_used.mutable_data_ptr<float>();
+  if (sigma_levels) {  // the K levels, once; per-sample sigmas are checked in the loop
+    for (int64_t k = 0; k < K; ++k) {
+      if (!finite_nonnegative(s_data[k])) {
+        value_error(kOp, "sigma", "finite non-negative values", s_data[k]);
+      }
+    }
+  }
   for (int64_t b = 0; b < B; ++b) {
+    const float p = p_data[p_shared ? 0 : b];
+    if (!(p >= 0.0f && p <= 1.0f)) value_error(kOp, "p_drop", "probabilities in [0, 1]", p);
+    if (!sigma_levels && !finite_nonnegative(s_data[s_shared ? 0 : b])) {
+      value_error(kOp, "sigma", "finite non-negative values", s_data[s_shared ? 0 : b]);
+    }
     const Philox4 r = philox_sample(static_cast<uint64_t>(b), offset, seed);
-    keep_data[b] = philox_uniform(r.v[0]) >= p_data[p_shared ? 0 : b];
+    keep_data[b] = philox_uniform(r.v[0]) >= p;
     if (sigma_levels) {
       const auto level = static_cast<int64_t>(philox_uniform(r.v[1]) * static_cast<float>(K));
       used_data[b] = s_data[std::min(level, K - 1)];
@@ -174,9 +189,11 @@ void noisy_rows(const at::Tensor& x, const at::Tensor& keep, const at::Tensor& s
   });
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_modality_dropout_cpu(
     const at::Tensor& x, const at::Tensor& p_drop, const at::Tensor& sigma, bool sigma_levels,
-    int64_t seed, int64_t offset, double fill) {
+    int64_t seed, const at::Tensor& offset, double fill) {
   check_input(x, "x", -1);
   TORCH_CHECK(x.dim() >= 1, "x must have a batch dimension, got a 0-dim tensor");
   const int64_t B = x.size(0);
@@ -192,11 +209,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_modality_dropout_cpu(
     TORCH_CHECK(sigma.numel() == B || sigma.numel() == 1, "sigma must have shape (", B,
                 "), got ", sigma.sizes());
   }
-  at::Tensor y = at::empty_like(x);
+  // The stream offset lives in a 0-d int64 tensor (BRIEF contract 1: torch.compile traces
+  // it as an input, not a guarded constant); on the CPU the kernel reads it directly.
+  check_input(offset, "offset", 0);
+  check_dtype(offset, "offset", at::kLong);
+  const int64_t offset_value = *offset.const_data_ptr<int64_t>();
+  at::Tensor y = empty_output(x.sizes(), x.options());
   at::Tensor keep = at::empty({B}, x.options().dtype(at::kBool));
   at::Tensor sigma_used = at::empty({B}, x.options().dtype(at::kFloat));
   // Python ints reach us as int64; the stream uses their two's-complement bits.
-  const auto useed = static_cast<uint64_t>(seed), uoffset = static_cast<uint64_t>(offset);
+  const auto useed = static_cast<uint64_t>(seed), uoffset = static_cast<uint64_t>(offset_value);
   draw_per_sample(p_drop, sigma, sigma_levels, useed, uoffset, keep, sigma_used);
   MMFAST_DISPATCH_FLOATING(x.scalar_type(), "noisy_modality_dropout_cpu", [&] {
     noisy_rows<scalar_t>(x, keep, sigma_used, useed, uoffset, fill, y);
@@ -204,9 +226,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_modality_dropout_cpu(
   return {y, keep, sigma_used};
 }
 
-}  // namespace
-}  // namespace mmfast::cpu
-
-TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
-  m.impl("noisy_modality_dropout", &mmfast::cpu::noisy_modality_dropout_cpu);
-}
+}  // namespace mmfast::cpu::CPU_CAPABILITY

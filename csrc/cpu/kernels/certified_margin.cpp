@@ -10,9 +10,12 @@
 #include <vector>
 
 #include "cpu/cpu_utils.h"
+#include "cpu/kernels.h"
 
-namespace mmfast::cpu {
+namespace mmfast::cpu::CPU_CAPABILITY {
 namespace {
+
+constexpr const char* kOp = "certified_margin";
 
 // The dual exponent q of the op schema, split into the cases the reference distinguishes.
 enum class DualNorm { kOne, kTwo, kInf, kPow };
@@ -77,9 +80,19 @@ inline T radius_of(T margin, T den) {
 
 inline int64_t checked_target(const int64_t* target, int64_t b, int64_t C) {
   const int64_t y = target[b];
-  TORCH_CHECK(y >= 0 && y < C, "certified_margin: target[", b, "] = ", y, " is not in [0, ", C,
-              ")");
+  if (y < 0 || y >= C) {
+    value_error(kOp, "target", c10::str("values in [0, ", C, ")").c_str(), y);
+  }
   return y;
+}
+
+// (M,) Lipschitz constants: checked once per call (M values). An (M, C, C) table is checked
+// where the kernel reads it (certified_margin_rows), in the same pass.
+template <typename T>
+void check_lip_vector(const T* lip, int64_t M) {
+  for (int64_t m = 0; m < M; ++m) {
+    if (!finite_nonnegative(lip[m])) value_error(kOp, "lip", "finite non-negative values", lip[m]);
+  }
 }
 
 // Inputs shared by forward and backward, as raw pointers.
@@ -129,6 +142,7 @@ void certified_margin_rows(const at::Tensor& z, const at::Tensor& target, const 
   opmath_t* radius_data = radius.mutable_data_ptr<opmath_t>();
   opmath_t* margin_data = margin.mutable_data_ptr<opmath_t>();
   int64_t* runner_data = runner_up.mutable_data_ptr<int64_t>();
+  if (!in.lip_per_pair) check_lip_vector(in.lip, M);
 
   parallel_rows(B, 3 * M * C, [&](int64_t begin, int64_t end) {
     std::vector<opmath_t> zbuf(M * C), marg(C), norm_state(C), fused(C);
@@ -143,22 +157,48 @@ void certified_margin_rows(const at::Tensor& z, const at::Tensor& target, const 
       }
       const opmath_t* zr = as_opmath(in.z + b * M * C, zbuf.data(), M * C);
       for (int64_t m = 0; m < M; ++m) present[m] = in.present(b, m);
-      // margin_k = sum_m mask_m (z_my - z_mk) (+ b_y - b_k); the norm state over m per k.
+      // margin_k = sum_{m present} (z_my - z_mk) (+ b_y - b_k); the norm state over m per k.
+      // Absent modalities are skipped (never read: their NaN / inf filler cannot leak), which
+      // adds the same as the reference's zero terms.
       std::fill(marg.begin(), marg.end(), opmath_t(0));
       std::fill(norm_state.begin(), norm_state.end(), opmath_t(0));
+      int lip_bad = 0;
       for (int64_t m = 0; m < M; ++m) {
-        const opmath_t pm = present[m], zy = zr[m * C + y];
+        if (present[m] == opmath_t(0)) continue;
+        const opmath_t zy = zr[m * C + y];
         const opmath_t* __restrict zm = zr + m * C;
         opmath_t* __restrict mk = marg.data();
-        for (int64_t k = 0; k < C; ++k) mk[k] += pm * (zy - zm[k]);
+        for (int64_t k = 0; k < C; ++k) mk[k] += zy - zm[k];
         if (in.lip_per_pair) {
           const opmath_t* __restrict lm = in.lip + (m * C + y) * C;
           for (int64_t k = 0; k < C; ++k) {
-            norm_state[k] = norm_step<kKind>(norm_state[k], pm * lm[k], qv);
+            lip_bad |= !finite_nonnegative(lm[k]);
+            norm_state[k] = norm_step<kKind>(norm_state[k], lm[k], qv);
           }
         } else {
-          norm_state[0] = norm_step<kKind>(norm_state[0], pm * in.lip[m], qv);
+          norm_state[0] = norm_step<kKind>(norm_state[0], in.lip[m], qv);
         }
+      }
+      // A NaN or infinite present logit makes its margin (or, at y, every margin) NaN or
+      // infinite; an integer OR over the C margins finds it (BRIEF contract 3).
+      int nonfinite = 0;
+      for (int64_t k = 0; k < C; ++k) {
+        nonfinite |= !(std::abs(marg[k]) <= std::numeric_limits<opmath_t>::max());
+      }
+      if (lip_bad) {
+        for (int64_t m = 0; m < M; ++m) {
+          if (present[m] == opmath_t(0)) continue;
+          for (int64_t k = 0; k < C; ++k) {
+            const opmath_t v = in.lip[(m * C + y) * C + k];
+            if (!finite_nonnegative(v)) value_error(kOp, "lip", "finite non-negative values", v);
+          }
+        }
+      }
+      if (nonfinite) {  // never a certificate
+        radius_data[b] = std::numeric_limits<opmath_t>::quiet_NaN();
+        margin_data[b] = std::numeric_limits<opmath_t>::quiet_NaN();
+        runner_data[b] = -1;
+        continue;
       }
       if (bias_data != nullptr) {
         for (int64_t k = 0; k < C; ++k) marg[k] += bias_data[y] - bias_data[k];
@@ -172,8 +212,8 @@ void certified_margin_rows(const at::Tensor& z, const at::Tensor& target, const 
       if (top_rival) {  // argmax over k != y of the fused score sum_m mask_m z_mk + bias_k
         std::fill(fused.begin(), fused.end(), opmath_t(0));
         for (int64_t m = 0; m < M; ++m) {
-          const opmath_t pm = present[m];
-          for (int64_t k = 0; k < C; ++k) fused[k] += pm * zr[m * C + k];
+          if (present[m] == opmath_t(0)) continue;
+          for (int64_t k = 0; k < C; ++k) fused[k] += zr[m * C + k];
         }
         for (int64_t k = 0; k < C; ++k) {
           if (k == y) continue;
@@ -211,6 +251,8 @@ void check_margin_inputs(const at::Tensor& z, const at::Tensor& target, const at
   check_optional(mask, "mask", {B, M}, at::kBool);
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_margin_cpu(
     const at::Tensor& z, const at::Tensor& target, const at::Tensor& lip,
     const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias, double q,
@@ -231,6 +273,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_margin_cpu(
   });
   return {radius, margin, runner_up};
 }
+
+namespace {
 
 // Only z[:, :, y] and z[:, :, k*] move the outputs: with g = grad_radius / den + grad_margin,
 // grad_z_my = g mask_m and grad_z_mk* = -g mask_m. Through den = ||mask lip_sel||_q,
@@ -273,10 +317,10 @@ void certified_margin_backward_rows(const at::Tensor& grad_radius, const at::Ten
       const opmath_t den = norm_finish(kind, s, qv);
       const opmath_t gr = gr_data[b];
       const opmath_t g = (den > 0 ? gr / den : opmath_t(0)) + gm_data[b];
-      for (int64_t m = 0; m < M; ++m) {
-        const opmath_t gpm = g * in.present(b, m);
-        gz[m * C + y] = static_cast<scalar_t>(gpm);
-        gz[m * C + k] = static_cast<scalar_t>(-gpm);
+      for (int64_t m = 0; m < M; ++m) {  // absent modalities keep their zeros
+        if (in.present(b, m) == opmath_t(0)) continue;
+        gz[m * C + y] = static_cast<scalar_t>(g);
+        gz[m * C + k] = static_cast<scalar_t>(-g);
       }
       if (!(den > 0)) continue;
       const opmath_t coef = -gr * margin_data[b] / (den * den);
@@ -298,6 +342,8 @@ void certified_margin_backward_rows(const at::Tensor& grad_radius, const at::Ten
   });
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> certified_margin_backward_cpu(
     const at::Tensor& grad_radius, const at::Tensor& grad_margin, const at::Tensor& z,
     const at::Tensor& target, const at::Tensor& lip, const std::optional<at::Tensor>& mask,
@@ -316,7 +362,7 @@ std::tuple<at::Tensor, at::Tensor> certified_margin_backward_cpu(
   check_dtype(runner_up, "runner_up", at::kLong);
   TORCH_CHECK(runner_up.size(0) == B, "runner_up must have shape (", B, "), got ",
               runner_up.sizes());
-  at::Tensor grad_z = at::empty(z.sizes(), z.options());
+  at::Tensor grad_z = empty_output(z.sizes(), z.options());
   at::Tensor grad_lip_sel = at::empty({B, M}, z.options().dtype(opmath));
   MMFAST_DISPATCH_FLOATING(z.scalar_type(), "certified_margin_backward_cpu", [&] {
     certified_margin_backward_rows<scalar_t>(grad_radius, grad_margin, z, target, lip, mask,
@@ -325,10 +371,4 @@ std::tuple<at::Tensor, at::Tensor> certified_margin_backward_cpu(
   return {grad_z, grad_lip_sel};
 }
 
-}  // namespace
-}  // namespace mmfast::cpu
-
-TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
-  m.impl("certified_margin", &mmfast::cpu::certified_margin_cpu);
-  m.impl("_certified_margin_backward", &mmfast::cpu::certified_margin_backward_cpu);
-}
+}  // namespace mmfast::cpu::CPU_CAPABILITY

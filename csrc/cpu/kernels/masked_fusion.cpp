@@ -9,9 +9,12 @@
 #include <vector>
 
 #include "cpu/cpu_utils.h"
+#include "cpu/kernels.h"
 
-namespace mmfast::cpu {
+namespace mmfast::cpu::CPU_CAPABILITY {
 namespace {
+
+constexpr const char* kOp = "masked_fusion";
 
 // d_b of the contract: denom_b when normalising a row with positive weight, else 1.
 template <typename opmath_t>
@@ -94,7 +97,7 @@ void masked_fusion_rows(const at::Tensor& x, const at::Tensor& mask,
     ModalityArray<const opmath_t*> rows(M);
     std::vector<opmath_t> converted(kSameType ? 0 : (M + 1) * kChunk);
     for (int64_t b = begin; b < end; ++b) {
-      const opmath_t den = row_weights(mask_data + b * M,
+      const opmath_t den = row_weights(kOp, mask_data + b * M,
                                        weight_data ? weight_data + b * M : nullptr, M, w.data());
       denom_data[b] = den;
       const opmath_t divisor = row_divisor(den, normalize);
@@ -123,6 +126,8 @@ void masked_fusion_rows(const at::Tensor& x, const at::Tensor& mask,
   });
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> masked_fusion_cpu(const at::Tensor& x, const at::Tensor& mask,
                                                      const std::optional<at::Tensor>& weight,
                                                      bool normalize) {
@@ -134,13 +139,15 @@ std::tuple<at::Tensor, at::Tensor> masked_fusion_cpu(const at::Tensor& x, const 
               "), got ", mask.sizes());
   const auto opmath = at::toOpMathType(x.scalar_type());
   check_optional(weight, "weight", {B, M}, opmath);
-  at::Tensor y = at::empty({B, D}, x.options());
+  at::Tensor y = empty_output({B, D}, x.options());
   at::Tensor denom = at::empty({B}, x.options().dtype(opmath));
   MMFAST_DISPATCH_FLOATING(x.scalar_type(), "masked_fusion_cpu", [&] {
     masked_fusion_rows<scalar_t>(x, mask, weight, normalize, y, denom);
   });
   return {y, denom};
 }
+
+namespace {
 
 // grad_x_bmd = (grad_y_bd / d_b) w_bm. With u_bm = sum_d (grad_y_bd / d_b) x_bmd, autograd of
 // the reference gives grad_weight_bm = mask_bm (u_bm - [normalize, denom_b > 0] sum_k w_bk u_bk
@@ -164,7 +171,7 @@ void masked_fusion_backward_rows(const at::Tensor& grad_y, const at::Tensor& x,
     ModalityArray<opmath_t> w(M), u(M);
     opmath_t gs[kChunk], out[kChunk], buf[kChunk];
     for (int64_t b = begin; b < end; ++b) {
-      const opmath_t den = row_weights(mask_data + b * M,
+      const opmath_t den = row_weights(kOp, mask_data + b * M,
                                        weight_data ? weight_data + b * M : nullptr, M, w.data());
       const opmath_t divisor = row_divisor(den, normalize);
       if (!need_grad_weight) {  // grad_x only: one streaming scale of grad_y per modality
@@ -183,7 +190,8 @@ void masked_fusion_backward_rows(const at::Tensor& grad_y, const at::Tensor& x,
         for (int64_t d = 0; d < n; ++d) gs[d] = g[d] / divisor;
         for (int64_t m = 0; m < M; ++m) {
           const int64_t row = (b * M + m) * D + d0;
-          if (need_grad_weight) u[m] += dot(gs, as_opmath(x_data + row, buf, n), n);
+          // An absent modality's x is never read (its grad_weight is 0, its grad_x 0).
+          if (mask_data[b * M + m]) u[m] += dot(gs, as_opmath(x_data + row, buf, n), n);
           const opmath_t wm = w[m];
           for (int64_t d = 0; d < n; ++d) out[d] = gs[d] * wm;
           store_from_opmath(out, gx_data + row, n);
@@ -201,6 +209,8 @@ void masked_fusion_backward_rows(const at::Tensor& grad_y, const at::Tensor& x,
     }
   });
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> masked_fusion_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mask,
@@ -220,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor> masked_fusion_backward_cpu(
               "), got ", mask.sizes());
   const auto opmath = at::toOpMathType(x.scalar_type());
   check_optional(weight, "weight", {B, M}, opmath);
-  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_x = empty_output(x.sizes(), x.options());
   const std::vector<int64_t> grad_weight_shape =
       need_grad_weight ? std::vector<int64_t>{B, M} : std::vector<int64_t>{0};
   at::Tensor grad_weight = at::empty(grad_weight_shape, x.options().dtype(opmath));
@@ -231,10 +241,4 @@ std::tuple<at::Tensor, at::Tensor> masked_fusion_backward_cpu(
   return {grad_x, grad_weight};
 }
 
-}  // namespace
-}  // namespace mmfast::cpu
-
-TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
-  m.impl("masked_fusion", &mmfast::cpu::masked_fusion_cpu);
-  m.impl("_masked_fusion_backward", &mmfast::cpu::masked_fusion_backward_cpu);
-}
+}  // namespace mmfast::cpu::CPU_CAPABILITY

@@ -12,8 +12,9 @@
 #include <vector>
 
 #include "cpu/cpu_utils.h"
+#include "cpu/kernels.h"
 
-namespace mmfast::cpu {
+namespace mmfast::cpu::CPU_CAPABILITY {
 namespace {
 
 // Classes processed at a time: S x kSubsetCols partial sums stay in L1/L2.
@@ -66,7 +67,7 @@ struct SubsetRowState {
 // Visits every row b in [begin, end) and, per column chunk [c0, c0 + n), every subset's
 // scores (opmath, already divided) through visit(b, s, c0, n, scores).
 template <typename scalar_t, typename Visit>
-void for_each_subset_score(const at::Tensor& z, const SubsetPlan& plan,
+void for_each_subset_score(const char* op, const at::Tensor& z, const SubsetPlan& plan,
                            const std::optional<at::Tensor>& weight,
                            const std::optional<at::Tensor>& present, int64_t begin, int64_t end,
                            const Visit& visit) {
@@ -77,7 +78,7 @@ void for_each_subset_score(const at::Tensor& z, const SubsetPlan& plan,
   const bool* present_data = optional_data<bool>(present);
   SubsetRowState<opmath_t> st(S, M, C);
   for (int64_t b = begin; b < end; ++b) {
-    row_weights(present_data ? present_data + b * M : nullptr,
+    row_weights(op, present_data ? present_data + b * M : nullptr,
                 weight_data ? weight_data + b * M : nullptr, M, st.w.data());
     const opmath_t* zr = as_opmath(z_data + b * M * C, st.zrow.data(), M * C);
     for (int64_t s = 0; s < S; ++s) {
@@ -95,7 +96,7 @@ void for_each_subset_score(const at::Tensor& z, const SubsetPlan& plan,
         } else if (parent == SubsetPlan::kDirect) {
           std::fill(cur, cur + n, opmath_t(0));
           for (int64_t m = 0; m < M; ++m) {
-            if (!plan.members[s * M + m]) continue;
+            if (!plan.members[s * M + m] || st.w[m] == opmath_t(0)) continue;
             const opmath_t wm = st.w[m];
             const opmath_t* __restrict zm = zr + m * C + c0;
             for (int64_t c = 0; c < n; ++c) cur[c] += wm * zm[c];
@@ -104,7 +105,14 @@ void for_each_subset_score(const at::Tensor& z, const SubsetPlan& plan,
           const int64_t m = plan.last[s];
           const opmath_t wm = st.w[m];
           const opmath_t* __restrict zm = zr + m * C + c0;
-          if (parent == SubsetPlan::kFromZero) {
+          if (wm == opmath_t(0)) {  // absent (or weight 0): z never read, adds exactly 0
+            if (parent == SubsetPlan::kFromZero) {
+              std::fill(cur, cur + n, opmath_t(0));
+            } else {
+              const opmath_t* base = st.num.data() + parent * kSubsetCols;
+              std::copy(base, base + n, cur);
+            }
+          } else if (parent == SubsetPlan::kFromZero) {
             for (int64_t c = 0; c < n; ++c) cur[c] = wm * zm[c];
           } else {
             const opmath_t* __restrict base = st.num.data() + parent * kSubsetCols;
@@ -137,19 +145,21 @@ int64_t row_work(const at::Tensor& z, const at::Tensor& subsets) {
   return 3 * subsets.size(0) * z.size(2) + z.size(1) * z.size(2);
 }
 
+}  // namespace
+
 at::Tensor subset_logits_cpu(const at::Tensor& z, const at::Tensor& subsets,
                              const std::optional<at::Tensor>& weight,
                              const std::optional<at::Tensor>& present) {
   check_subset_inputs(z, subsets, weight, present);
   const int64_t B = z.size(0), C = z.size(2), S = subsets.size(0);
-  at::Tensor scores = at::empty({S, B, C}, z.options());
+  at::Tensor scores = empty_output({S, B, C}, z.options());
   const SubsetPlan plan = plan_subsets(subsets);
   MMFAST_DISPATCH_FLOATING(z.scalar_type(), "subset_logits_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     scalar_t* out = scores.mutable_data_ptr<scalar_t>();
     parallel_rows(B, row_work(z, subsets), [&](int64_t begin, int64_t end) {
       for_each_subset_score<scalar_t>(
-          z, plan, weight, present, begin, end,
+          "subset_logits", z, plan, weight, present, begin, end,
           [&](int64_t b, int64_t s, int64_t c0, int64_t n, const opmath_t* score) {
             store_from_opmath(score, out + (s * B + b) * C + c0, n);
           });
@@ -164,7 +174,7 @@ at::Tensor subset_accuracy_cpu(const at::Tensor& z, const at::Tensor& target,
   check_subset_inputs(z, subsets, weight, present);
   check_input(target, "target", 1);
   check_dtype(target, "target", at::kLong);
-  const int64_t B = z.size(0), S = subsets.size(0);
+  const int64_t B = z.size(0), C = z.size(2), S = subsets.size(0);
   TORCH_CHECK(target.size(0) == B, "target must have shape (", B, "), got ", target.sizes());
   const SubsetPlan plan = plan_subsets(subsets);
   const int64_t* target_data = target.const_data_ptr<int64_t>();
@@ -174,15 +184,26 @@ at::Tensor subset_accuracy_cpu(const at::Tensor& z, const at::Tensor& target,
     parallel_rows(B, row_work(z, subsets), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> best(S);
       std::vector<int64_t> best_index(S), local_correct(S, 0);
+      std::vector<int> has_nan(S);
       for_each_subset_score<scalar_t>(
-          z, plan, weight, present, begin, end,
+          "subset_accuracy", z, plan, weight, present, begin, end,
           [&](int64_t b, int64_t s, int64_t c0, int64_t n, const opmath_t* score) {
             int64_t c = 0;
-            if (c0 == 0) best[s] = score[0], best_index[s] = 0, c = 1;
+            if (c0 == 0) best[s] = score[0], best_index[s] = 0, has_nan[s] = 0, c = 1;
+            int nan = 0;  // a row with a NaN score counts as wrong (BRIEF contract 3)
+            for (int64_t i = 0; i < n; ++i) nan |= score[i] != score[i];
+            has_nan[s] |= nan;
             for (; c < n; ++c) {
               if (beats_for_argmax(score[c], best[s])) best[s] = score[c], best_index[s] = c0 + c;
             }
-            if (c0 + n == z.size(2)) local_correct[s] += best_index[s] == target_data[b];
+            if (c0 + n == C) {
+              const int64_t y = target_data[b];
+              if (y < 0 || y >= C) {
+                value_error("subset_accuracy", "target",
+                            c10::str("values in [0, ", C, ")").c_str(), y);
+              }
+              local_correct[s] += !has_nan[s] && best_index[s] == y;
+            }
           });
       for (int64_t s = 0; s < S; ++s) correct[s] += local_correct[s];
     });
@@ -193,10 +214,4 @@ at::Tensor subset_accuracy_cpu(const at::Tensor& z, const at::Tensor& target,
   return out;
 }
 
-}  // namespace
-}  // namespace mmfast::cpu
-
-TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
-  m.impl("subset_logits", &mmfast::cpu::subset_logits_cpu);
-  m.impl("subset_accuracy", &mmfast::cpu::subset_accuracy_cpu);
-}
+}  // namespace mmfast::cpu::CPU_CAPABILITY
