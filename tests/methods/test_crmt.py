@@ -133,21 +133,25 @@ def test_mix_step_uses_the_official_margin_term(tiny_data, tiny_cfg, monkeypatch
     assert len(calls) == 1 and math.isfinite(metrics["margin_reg"])
 
 
-def test_step2_uses_the_official_sgd_on_the_integration_weights(trained):
+def test_step2_optimiser_is_recorded_and_the_official_sgd_is_an_option(trained):
     import mmfast.train.engine as engine
+    from mmfast.methods.crmt import OFFICIAL_STEP2
 
     model, stats = trained[0], trained[1]
-    assert stats["step2_optimizer"] == {"name": "sgd", "lr": 3e-5, "momentum": 0.9,
-                                        "weight_decay": 1e-2}
+    assert stats["step2_optimizer"] == {"name": "adamw", "lr": 1e-2, "momentum": 0.9,
+                                        "weight_decay": 0.0}
     assert stats["certificate_bounds"] == {"empirical": "triangle",
                                            "spectral": "exact_pairwise"}
-    # The stage fit builds gives the engine an SGD on a alone with those settings.
+    # The stage fit builds gives the engine the official SGD on a alone when asked.
     ctx = TrainContext(trained[3], DistContext())
-    stage = create_method("crmt").step2_stage(model, ctx)
+    stage = create_method("crmt", **OFFICIAL_STEP2).step2_stage(model, ctx)
     opt = engine._make_optimizer(stage, list(stage.params), trained[3])
     group = opt.param_groups[0]
     assert isinstance(opt, torch.optim.SGD) and group["params"] == [model.head.integration]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (3e-5, 0.9, 1e-2)
+    default = create_method("crmt").step2_stage(model, ctx)
+    opt = engine._make_optimizer(default, list(default.params), trained[3])
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == 1e-2
     with pytest.raises(ValueError, match="step2_optimizer"):
         CRMT(step2_optimizer="lbfgs")
 
