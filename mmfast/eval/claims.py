@@ -184,3 +184,9 @@ CLAIMS: list[Claim] = [
 def check_claims(results: Results) -> list[tuple[Claim, Verdict]]:
     """Every claim in :data:`CLAIMS` with its verdict on ``{method: eval result}``."""
     return [(claim, claim.check(results)) for claim in CLAIMS]
+
+
+# Smoothing vs Lipschitz certificates (issue 15), kept in their own module.
+from mmfast.eval.certificate_claims import CERTIFICATE_CLAIMS  # noqa: E402
+
+CLAIMS.extend(CERTIFICATE_CLAIMS)

@@ -149,7 +149,7 @@ EVAL_PRESETS: dict[str, dict[str, Any]] = {
 # Smoothing budgets (mmfast.eval.smoothing; its defaults are Cohen et al.'s n0 = 100,
 # n = 100000, alpha = 0.001): the CPU demo certifies a small seeded subset with a few hundred
 # draws per row, the GPU preset more rows and draws.
-EVAL_PRESETS["small"]["smoothing"] = {"samples": 32, "n0": 16, "n": 128, "draw_batch": 512}
+EVAL_PRESETS["small"]["smoothing"] = {"samples": 32, "n0": 8, "n": 100, "draw_batch": 512}
 EVAL_PRESETS["gpu"]["smoothing"] = {"samples": 500, "n0": 100, "n": 10_000, "draw_batch": 4096}
 
 
