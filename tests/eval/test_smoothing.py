@@ -193,3 +193,22 @@ def test_protocol_skips_patterns_for_joint_models():
     result = smoothing(model, oracle_data(48), CFG)
     assert "joint fusion" in result["missing"]["skipped"]
     assert set(result["per_modality"]) == set(MODALITIES)
+
+
+def test_eval_cli_runs_the_certificates_with_the_preset_budget():
+    import argparse
+
+    from mmfast.eval.cli import add_eval_arguments, eval_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    args = parser.parse_args(["--protocols", "smoothing", "missing_certificate",
+                              "--eval-overrides", '{"smoothing": {"n": 500, "n0": 10}}'])
+    cfg = eval_config_from_args(args, "cpu")
+    assert cfg.protocols == ("smoothing", "missing_certificate")
+    assert smoothing_config(cfg).n == 500
+    small = smoothing_config(EvalConfig.preset("small"))
+    assert (small.samples, small.n0, small.n) == (32, 8, 100)
+    assert smoothing_config(EvalConfig(smoothing=None)) == SmoothingConfig()  # Cohen et al.
+    assert (SmoothingConfig().n0, SmoothingConfig().n, SmoothingConfig().alpha) == \
+        (100, 100_000, 0.001)
