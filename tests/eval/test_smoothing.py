@@ -212,3 +212,14 @@ def test_eval_cli_runs_the_certificates_with_the_preset_budget():
     assert smoothing_config(EvalConfig(smoothing=None)) == SmoothingConfig()  # Cohen et al.
     assert (SmoothingConfig().n0, SmoothingConfig().n, SmoothingConfig().alpha) == \
         (100, 100_000, 0.001)
+
+
+def test_amp_counts_every_draw_and_mostly_agrees_with_float32():
+    from tests.eval.toy_models import LinearLate
+
+    model = LinearLate(num_classes=3, seed=2).eval()
+    x = make_inputs(6, seed=8)
+    exact, _ = SmoothedClassifier(model, SIGMA, draw_batch=50).counts(x, _mask(6), 40, 1)
+    amp, _ = SmoothedClassifier(model, SIGMA, draw_batch=50, amp=True).counts(x, _mask(6), 40, 1)
+    assert bool((amp.sum(1) == 40).all())
+    assert float((amp - exact).abs().sum()) <= 0.2 * 6 * 40  # bf16 flips a few near-ties
