@@ -11,7 +11,8 @@ p_lower < 1/2, else with R = Phi^-1(p_lower), with probability >= 1 - alpha over
 - only modality m attacked: for every ||d_m|| < sigma_m R.
 
 The guarantee is for g (the smoothed classifier, computed by sampling), not the base model f.
-Noise comes from ``mmfast.ops.noisy_modality_dropout`` (p_drop = 0, counter-based Philox): the
+Noise comes from ``mmfast.ops.noisy_modality_dropout`` (counter-based Philox; p_drop = 0, or 1
+to zero a modality the row lacks): the
 draws of batch b, phase (0: select, 1: estimate), modality j use ``seed`` and offset
 ``(2 b + phase) M + j``, so a certificate is reproducible from (seed, n0, n, draw_batch).
 Draws are flattened over (row, draw) pairs into batches of ``draw_batch`` inputs.
@@ -36,7 +37,6 @@ from mmfast import ops
 from mmfast.eval.adversarial import attack_subset
 from mmfast.eval.common import (
     EvalConfig,
-    drop_modalities,
     model_modalities,
     register_protocol,
     split_inputs,
@@ -177,18 +177,16 @@ class SmoothedClassifier:
         self.backend, self.amp = backend, amp
         self.num_classes = int(model.num_classes)
 
-    def noisy(self, x: Mapping[str, Tensor], batch: int, phase: int) -> dict[str, Tensor]:
-        """One batch of noisy inputs: the stream of (seed, batch, phase, modality)."""
+    def noisy(self, x: Mapping[str, Tensor], mask: Tensor, batch: int, phase: int
+              ) -> dict[str, Tensor]:
+        """One batch of noisy inputs, absent modalities zeroed: the op's p_drop is 0 where
+        the modality is present and 1 where it is absent (filled with 0, never read), so one
+        pass both noises and drops. Stream: (seed, batch, phase, modality)."""
         M = len(self.names)
-        out = {}
-        for j, m in enumerate(self.names):
-            if self.sigma[m] == 0:
-                out[m] = x[m]
-                continue
-            out[m] = ops.noisy_modality_dropout(x[m], 0.0, self.sigma[m], seed=self.seed,
-                                                offset=(2 * batch + phase) * M + j,
-                                                backend=self.backend)[0]
-        return out
+        return {m: ops.noisy_modality_dropout(
+            x[m], (~mask[:, j]).to(torch.float32), self.sigma[m], seed=self.seed,
+            offset=(2 * batch + phase) * M + j, backend=self.backend)[0]
+            for j, m in enumerate(self.names)}
 
     def _autocast(self):
         if not self.amp:
@@ -212,9 +210,9 @@ class SmoothedClassifier:
             idx = torch.arange(start, min(start + self.draw_batch, N * num), device=self.device)
             row = idx // num
             m = mask_all.index_select(0, row)
-            x = self.noisy({k: v.index_select(0, row) for k, v in x_all.items()}, b, phase)
+            x = self.noisy({k: v.index_select(0, row) for k, v in x_all.items()}, m, b, phase)
             with self._autocast():
-                out = self.model(drop_modalities(x, m, self.names), m)
+                out = self.model(x, m)
             flat = row * C + out.logits.argmax(1)
             if pats is not None:
                 z = out.modality_logits.float()

@@ -223,3 +223,25 @@ def test_amp_counts_every_draw_and_mostly_agrees_with_float32():
     amp, _ = SmoothedClassifier(model, SIGMA, draw_batch=50, amp=True).counts(x, _mask(6), 40, 1)
     assert bool((amp.sum(1) == 40).all())
     assert float((amp - exact).abs().sum()) <= 0.2 * 6 * 40  # bf16 flips a few near-ties
+
+
+def test_absent_modalities_reach_the_model_as_zeros_and_present_ones_noisy():
+    seen = []
+
+    class Spy(LinearBinary):
+        def forward(self, inputs, mask):
+            seen.append(({m: v.clone() for m, v in inputs.items()}, mask.clone()))
+            return super().forward(inputs, mask)
+
+    x = make_inputs(4, seed=9)
+    mask = _mask(4)
+    mask[1, 0] = mask[2, 2] = False
+    _smoother(Spy().eval(), draw_batch=100).counts(x, mask, 5, 0)
+    inputs, m = seen[0]
+    rows = torch.arange(4).repeat_interleave(5)
+    assert torch.equal(m, mask[rows])
+    for j, name in enumerate(MODALITIES):
+        absent = ~mask[rows, j]
+        assert bool((inputs[name][absent] == 0).all()), name
+        noise = (inputs[name] - x[name][rows])[~absent]
+        assert float(noise.std()) == pytest.approx(SIGMA[name], rel=0.25), name
