@@ -43,7 +43,7 @@ def test_demo_trains_evaluates_and_reports(tmp_path, monkeypatch):
     assert {e["kind"] for e in crmt["estimators"].values()} == {"sound", "empirical"}
     assert crmt["estimators"]["spectral"]["soundness_check"]["violations"] == 0
     assert report == tmp_path / "report.md"
-    assert len(list(tmp_path.glob("*.png"))) == 7
+    assert len(list(tmp_path.glob("*.png"))) == 9  # 7 protocols + smoothing, missing cert.
     assert any("report" in line for line in lines)
 
 

@@ -427,3 +427,9 @@ def claim_methods(claims: Sequence[Claim] | None = None) -> list[str]:
     """Every method the claims read (method and rival), in order of first use."""
     claims = CLAIMS if claims is None else claims
     return list(dict.fromkeys(m for c in claims for m in (c.method, c.rival)))
+
+
+# Smoothing vs Lipschitz certificates (issue 15), kept in their own module.
+from mmfast.eval.certificate_claims import CERTIFICATE_CLAIMS  # noqa: E402
+
+CLAIMS.extend(CERTIFICATE_CLAIMS)

@@ -92,6 +92,10 @@ class EvalConfig:
                                         0.5)
     certify_check_eps: tuple[float, ...] | None = None  # soundness-check PGD budgets (None:
     # attack_eps); a certified radius beyond a misclassified PGD example is a violation
+    # mmfast.eval.smoothing.SmoothingConfig overrides; its own defaults are Cohen et al.'s
+    # (n0 = 100, n = 100000 draws per row): the default here is a quick budget
+    smoothing: dict[str, Any] | None = field(default_factory=lambda: {
+        "samples": 64, "n0": 16, "n": 128})
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "attack_steps"):
@@ -141,6 +145,12 @@ EVAL_PRESETS: dict[str, dict[str, Any]] = {
             "salt_pepper_densities": (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4),
             "attack_eps": (0.0, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)},
 }
+
+# Smoothing budgets (mmfast.eval.smoothing; its defaults are Cohen et al.'s n0 = 100,
+# n = 100000, alpha = 0.001): the CPU demo certifies a small seeded subset with a few hundred
+# draws per row, the GPU preset more rows and draws.
+EVAL_PRESETS["small"]["smoothing"] = {"samples": 32, "n0": 8, "n": 100, "draw_batch": 512}
+EVAL_PRESETS["gpu"]["smoothing"] = {"samples": 500, "n0": 100, "n": 10_000, "draw_batch": 4096}
 
 
 # ----------------------------------------------------------------------------- batching

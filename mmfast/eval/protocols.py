@@ -1,7 +1,7 @@
 """Run the evaluation protocols on one model and one split: ``run_protocols``.
 
 Importing this module registers the built-in protocols (missing subsets, missing rate,
-noise, attack, certify); a new protocol registers itself with
+noise, attack, certify, smoothing, missing_certificate); a new protocol registers itself with
 :func:`mmfast.eval.common.register_protocol` and joins every run and report.
 """
 
@@ -14,7 +14,14 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from mmfast.eval import adversarial, certify, missing, noise  # noqa: F401  (registration)
+from mmfast.eval import (  # noqa: F401  (registration)
+    adversarial,
+    certify,
+    missing,
+    missing_certificate,
+    noise,
+    smoothing,
+)
 from mmfast.eval.common import (
     PROTOCOLS,
     EvalConfig,

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mmfast.eval import plots
+from mmfast.eval.certificate_report import certificate_sections
 from mmfast.eval.claims import check_claims
 from mmfast.eval.common import protocol_results, write_text_atomic
 from mmfast.eval.report_facts import (
@@ -62,6 +63,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     lines += _attack_section(results, figures)
     lines += _certify_section(results, figures)
     lines += provenance_section(stats, results, run_dirs)
+    lines += certificate_sections(results, out)
     return write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 

@@ -41,6 +41,7 @@ def _load_builtin() -> None:
         crmt,
         distill,
         dmrnet,
+        gaussian_aug,
         joint,
         late,
         mmanet,

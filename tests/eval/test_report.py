@@ -49,7 +49,8 @@ def test_report_writes_markdown_pngs_and_claims(runs, tmp_path):
     pngs = sorted((tmp_path / "report").glob("*.png"))
     assert {p.name for p in pngs} == {
         "missing_subsets.png", "missing_rate.png", "noise_gaussian.png",
-        "noise_salt_pepper.png", "attack_fgm.png", "attack_pgd.png", "certified_accuracy.png"}
+        "noise_salt_pepper.png", "attack_fgm.png", "attack_pgd.png", "certified_accuracy.png",
+        "smoothing.png", "missing_certificate.png"}
     for png in pngs:
         with Image.open(png) as image:
             image.verify()
