@@ -4,9 +4,9 @@ Two launches: a tiny per-sample kernel draws keep_b and sigma_used_b from the sa
 (counter word 1 carries SAMPLE_STREAM_BIT), then the element kernel walks x in flat,
 4-aligned blocks: one ``tl.philox`` call yields the four 32-bit words of noise block e // 4,
 Box-Muller turns lane pairs (0, 1) and (2, 3) into four normals (hardware cos/sin on a
-GPU), and the block, held as (blocks, 4), picks each element's lane with a select. So each element costs
-a quarter of a Philox call, x is read once (not at all for dropped rows) and y written once.
-Counters, key layout and the uint32 -> uniform map are exactly those of
+GPU), and the block, held as (blocks, 4), picks each element's lane with a select. So each
+element costs a quarter of a Philox call, x is read once (not at all for dropped rows) and y
+written once. Counters, key layout and the uint32 -> uniform map are exactly those of
 mmfast/ops/reference.py: keep and sigma_used are bit-identical, and y differs only by the
 rounding of log / cos / sin (on a GPU, approximate cos / sin: abs error < 2^-20 times the
 Box-Muller radius).

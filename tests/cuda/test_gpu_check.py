@@ -5,6 +5,7 @@ without CUDA torch, and the targets table / CUDA-event columns from a synthetic 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ def test_build_preflight_fails_cleanly_without_cuda(tmp_path):
     assert proc.returncode == 1
     report = (tmp_path / "build" / "preflight.txt").read_text()
     assert "FAIL: torch.cuda.is_available() is False" in report
+    assert ("FAIL: nvcc is not on PATH" in report) == (shutil.which("nvcc") is None)
     assert sorted((ROOT / "mmfast").glob("_C*.so")) == so_files  # nothing deleted
 
 
