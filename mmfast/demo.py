@@ -101,8 +101,7 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
         model, stats = fit_method(name, splits["train"], splits["val"], train_cfg, run_dir)
         clock.step(f"trained {name} ({stats['num_parameters']:,} parameters, "
                    f"{stats['train_time_s']:.0f} s)")
-        evaluate_run(run_dir, model, splits["test"], eval_cfg, method=name,
-                     log=_progress.protocol_log(_protocol_count(eval_cfg), f"eval {name}"))
+        evaluate_run(run_dir, model, splits["test"], eval_cfg, method=name)
         clock.step(f"evaluated {name}")
         run_dirs.append(run_dir)
     report = write_report(run_dirs, out)
@@ -141,13 +140,6 @@ def _load_splits(root: Path, clock: _Clock) -> dict:
     clock.step("data: decoded " + ", ".join(f"{s} {v['label'].numel()}"
                                             for s, v in splits.items()))
     return splits
-
-
-def _protocol_count(eval_cfg) -> int:
-    """How many protocols ``evaluate_run`` will run under ``eval_cfg`` (for its bar)."""
-    from mmfast.eval.common import list_protocols
-
-    return len(eval_cfg.protocols if eval_cfg.protocols is not None else list_protocols())
 
 
 def register(subparsers) -> None:
