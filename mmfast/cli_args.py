@@ -7,7 +7,8 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["existing_folder", "dataset_folder", "output_folder", "run_folder"]
+__all__ = ["existing_folder", "dataset_folder", "output_folder", "run_folder", "positive_int",
+           "positive_float", "non_negative_float"]
 
 
 def _fail(message: str):
@@ -59,3 +60,23 @@ def run_folder(required_file: str | None = None) -> Callable[[str], str]:
 
     check.__name__ = "run folder"
     return check
+
+
+def _number(kind: type, what: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            _fail(f"expected {what}, got {value!r}")
+        if not ok(number):
+            _fail(f"expected {what}, got {value}")
+        return number
+
+    parse.__name__ = what
+    return parse
+
+
+#: argparse types for counts and rates (errors name the flag and the expected range)
+positive_int = _number(int, "a positive integer", lambda v: v > 0)
+positive_float = _number(float, "a positive number", lambda v: v > 0)
+non_negative_float = _number(float, "a number >= 0", lambda v: v >= 0)

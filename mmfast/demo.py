@@ -235,6 +235,13 @@ def _load_splits(root: Path, clock: _Clock) -> tuple[dict, dict]:
     return splits, dataset
 
 
+def _protocol_count(eval_cfg) -> int:
+    """How many protocols ``evaluate_run`` will run under ``eval_cfg`` (for its bar)."""
+    from mmfast.eval.common import list_protocols
+
+    return len(eval_cfg.protocols if eval_cfg.protocols is not None else list_protocols())
+
+
 #: The demo folder's provenance file (the report reads it when given the demo folder).
 PROVENANCE_FILE = "provenance.json"
 
@@ -250,13 +257,6 @@ def _write_provenance(out: Path, run_facts: dict, methods: Sequence[str], train_
     write_json_atomic(out / PROVENANCE_FILE, {
         **environment(train_cfg.resolved_device()), **run_facts, "methods": list(methods),
         "train_config": train_cfg.to_dict(), "eval_config": eval_cfg.to_dict()})
-
-
-def _protocol_count(eval_cfg) -> int:
-    """How many protocols ``evaluate_run`` will run under ``eval_cfg`` (for its bar)."""
-    from mmfast.eval.common import list_protocols
-
-    return len(eval_cfg.protocols if eval_cfg.protocols is not None else list_protocols())
 
 
 def register(subparsers) -> None:

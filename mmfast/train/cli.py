@@ -14,19 +14,26 @@ import ast
 import json
 from typing import Any
 
-from mmfast.cli_args import dataset_folder, output_folder
+from mmfast.cli_args import (
+    dataset_folder,
+    non_negative_float,
+    output_folder,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["register", "parse_overrides", "config_from_args"]
 
 
 #: (flag, type, metavar, help) of the numeric TrainConfig overrides
 _NUMERIC_FLAGS = (
-    ("epochs", int, "N", "training epochs of each stage"),
-    ("batch-size", int, "N", "samples per optimizer step (over all ranks)"),
-    ("lr", float, "LR", "learning rate"),
+    ("epochs", positive_int, "N", "training epochs of each stage"),
+    ("batch-size", positive_int, "N", "samples per optimizer step (over all ranks)"),
+    ("lr", positive_float, "LR", "learning rate"),
     ("seed", int, "N", "random seed of initialization, shuffling and augmentation"),
-    ("grad-clip", float, "NORM", "clip the gradient's global l2 norm to NORM (0: off)"),
-    ("threads", int, "N", "CPU threads of torch and the C++ kernels"),
+    ("grad-clip", non_negative_float, "NORM",
+     "clip the gradient's global l2 norm to NORM (0: off)"),
+    ("threads", positive_int, "N", "CPU threads of torch and the C++ kernels"),
 )
 
 
@@ -51,7 +58,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", metavar="DIR", type=dataset_folder,
                         help="dataset folder holding manifest.csv (mmfast data make / adapt)")
-    source.add_argument("--synthetic", type=int, metavar="N",
+    source.add_argument("--synthetic", type=positive_int, metavar="N",
                         help="train on N synthetic samples instead (smoke runs)")
     p.add_argument("--out", required=True, metavar="DIR", type=output_folder,
                    help="run directory (created; resumed if present)")
