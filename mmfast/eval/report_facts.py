@@ -176,6 +176,11 @@ def provenance_section(stats: Mapping[str, Mapping], results: Mapping[str, Mappi
             f"{_value(p, 'torch')} / {_value(p, 'cuda')} | {_value(p, 'device')} "
             f"{_value(p, 'device_name')} | {data} | {_value(p, 'seeds')} | "
             f"{_value(p, 'preset')} |")
+    for m, r in results.items():
+        e = r.get("provenance") or {}
+        if e:
+            lines.append(f"\n{m} evaluated by `{_value(e, 'command')}` on {_value(e, 'date')} "
+                         f"({_value(e, 'device')}, commit {_value(e, 'git_commit')}).")
     loaders = {str((s.get("provenance") or {}).get("dataset", {}).get("loader"))
                for s in stats.values() if (s.get("provenance") or {}).get("dataset")}
     d = _dataset(stats, results)

@@ -52,3 +52,4 @@ def test_broken_files_are_recorded_and_reported(tiny_copy, tmp_path):
     assert f"| test | audio | 1 | 0 | 0 | {test[0][0]}: " in text
     assert "**Chance level**: 0.100 (10 classes)" in text
     assert "## Provenance" in text and "`mmfast train late --data" in text
+    assert "late evaluated by `mmfast eval runs/late --data" in text
