@@ -207,3 +207,26 @@ def test_group_runs_numbers_runs_without_a_seed_in_order(tmp_path):
         (run / "train_stats.json").write_text(json.dumps({"method": "late"}))
         runs.append(run)
     assert list(group_runs(runs)["late"]) == [0, 1]
+
+
+def test_every_metric_reads_the_protocols_real_output():
+    """The metric readers match what run_protocols writes (toy models, tiny sweeps)."""
+    import torch
+
+    from mmfast.eval import EvalConfig, run_protocols
+    from tests.eval.toy_models import CertifiableLinear, make_inputs
+
+    data = make_inputs(48, seed=11)
+    data["mask"] = torch.ones(48, 3, dtype=torch.bool)
+    data["label"] = torch.arange(48) % 3
+    cfg = EvalConfig(batch_size=64, attack_samples=16, attack_eps=(0.0, 0.5),
+                     gaussian_sigmas=(0.0, 1.0), salt_pepper_densities=(0.0, 0.3),
+                     missing_rates=(0.0, 0.5), certify_radii=(0.0, 0.1, 0.2))
+    seeds = {s: run_protocols(CertifiableLinear(3, seed=s), data, cfg) for s in range(2)}
+    runs = {m: seeds for m in claim_methods()}  # every method the same: d = 0 everywhere
+    assert preferred_modality(seeds[0]) in seeds[0]["attack"]["budgets"]
+    rows = check_claims(runs)
+    assert {r.verdict.status for r in rows} == {"within noise"}  # none "not evaluated"
+    radius_rows = [r for r in rows if "certified accuracy at radius" in r.metric]
+    assert {r.metric.split(" (")[0] for r in radius_rows} == {
+        "certified accuracy at radius 0.1", "certified accuracy at radius 0.2"}
