@@ -11,10 +11,12 @@ Lipschitz certificate is deterministic for the base model; smoothing holds with 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from mmfast.eval.claims import Claim, Metric, Runs
+if TYPE_CHECKING:  # claims.py imports this module at its end: import it lazily here
+    from mmfast.eval.claims import Claim, Runs
 
-__all__ = ["CERTIFICATE_CLAIMS"]
+__all__ = ["certificate_claims"]
 
 _CITE = ("Cohen, Rosenfeld and Kolter 2019, Theorem 1 (not in shared/METHODS.md); the "
          "comparison with CRMT's certificate is mmfast's (issue 15)")
@@ -55,7 +57,9 @@ def _lipschitz(i: int, radius: float):
 
 def _per_radius(method_reads, rival_reads, what: str):
     """Metrics builder: one row per smoothing radius > 0 of the method's first run."""
-    def metrics(runs: Runs, method: str) -> list[Metric]:
+    def metrics(runs: Runs, method: str) -> list:
+        from mmfast.eval.claims import Metric
+
         first = next((_smoothing(r) for r in runs.get(method, {}).values()
                       if _smoothing(r) is not None), None)
         if first is None:
@@ -66,19 +70,23 @@ def _per_radius(method_reads, rival_reads, what: str):
     return metrics
 
 
-CERTIFICATE_CLAIMS: list[Claim] = [
-    Claim("Cohen et al. 2019 vs CRMT", "Randomized smoothing of the CRMT model certifies more "
-          "than CRMT's sound Lipschitz bound (same model, rows and l2 radii; smoothing holds "
-          "w.p. 1 - alpha for the smoothed classifier)", "crmt", "crmt",
-          _per_radius(_smoothed, _lipschitz, "smoothed vs sound Lipschitz"), _CITE,
-          matched=False),
-    Claim("Cohen et al. 2019 vs CRMT", "Gaussian-noise training + smoothing (gaussian_aug) "
-          "certifies more than CRMT's sound Lipschitz bound (same rows, radii and training "
-          "budget)", "gaussian_aug", "crmt",
-          _per_radius(_smoothed, _lipschitz, "gaussian_aug smoothed vs crmt Lipschitz"),
-          _CITE, matched=False),
-    Claim("Cohen et al. 2019", "Training on the smoothing noise (gaussian_aug) raises the "
-          "smoothed certified accuracy over smoothing CRMT (same sigma and draws)",
-          "gaussian_aug", "crmt", _per_radius(_smoothed, _smoothed, "both smoothed"), _CITE,
-          matched=False),
-]
+def certificate_claims() -> list[Claim]:
+    """The claims rows of this module (appended to ``mmfast.eval.claims.CLAIMS``)."""
+    from mmfast.eval.claims import Claim
+
+    return [
+        Claim("Cohen et al. 2019 vs CRMT", "Randomized smoothing of the CRMT model certifies more "
+              "than CRMT's sound Lipschitz bound (same model, rows and l2 radii; smoothing holds "
+              "w.p. 1 - alpha for the smoothed classifier)", "crmt", "crmt",
+              _per_radius(_smoothed, _lipschitz, "smoothed vs sound Lipschitz"), _CITE,
+              matched=False),
+        Claim("Cohen et al. 2019 vs CRMT", "Gaussian-noise training + smoothing (gaussian_aug) "
+              "certifies more than CRMT's sound Lipschitz bound (same rows, radii and training "
+              "budget)", "gaussian_aug", "crmt",
+              _per_radius(_smoothed, _lipschitz, "gaussian_aug smoothed vs crmt Lipschitz"),
+              _CITE, matched=False),
+        Claim("Cohen et al. 2019", "Training on the smoothing noise (gaussian_aug) raises the "
+              "smoothed certified accuracy over smoothing CRMT (same sigma and draws)",
+              "gaussian_aug", "crmt", _per_radius(_smoothed, _smoothed, "both smoothed"), _CITE,
+              matched=False),
+    ]

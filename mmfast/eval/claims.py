@@ -430,6 +430,6 @@ def claim_methods(claims: Sequence[Claim] | None = None) -> list[str]:
 
 
 # Smoothing vs Lipschitz certificates (issue 15), kept in their own module.
-from mmfast.eval.certificate_claims import CERTIFICATE_CLAIMS  # noqa: E402
+from mmfast.eval.certificate_claims import certificate_claims  # noqa: E402
 
-CLAIMS.extend(CERTIFICATE_CLAIMS)
+CLAIMS.extend(certificate_claims())

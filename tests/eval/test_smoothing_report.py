@@ -87,3 +87,14 @@ def test_claims_follow_the_numbers(runs):
     verdicts = _rows(results, statement)
     assert verdicts[0].verdict.status == "not evaluated"
     assert "gaussian_aug" in verdicts[0].verdict.evidence
+
+
+def test_certificate_claims_import_first_without_a_cycle():
+    import subprocess
+    import sys
+
+    code = ("import mmfast.eval.certificate_claims, mmfast.eval.claims as c; "
+            "print(sum(r.source.startswith('Cohen') for r in c.CLAIMS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "3"
