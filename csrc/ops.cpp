@@ -9,7 +9,9 @@
 //   * mask / present / subsets are bool; target and runner_up are int64;
 //   * weight is (B, M) opmath (the wrapper expands (M,) weights and applies no mask);
 //   * lip is (M,) or (M, C, C) opmath; bias is (C,) opmath;
-//   * p_drop is (B,) float32; sigma is float32, (B,) per sample or (K,) levels (sigma_levels).
+//   * p_drop is (B,) float32; sigma is float32, (B,) per sample or (K,) levels (sigma_levels);
+//   * offset (noisy_modality_dropout) is a 0-d int64 tensor on x's device, read by the kernel
+//     (a step counter in a tensor: no recompile under torch.compile, no host sync on CUDA).
 #include <torch/library.h>
 
 TORCH_LIBRARY(mmfast, m) {
@@ -36,7 +38,7 @@ TORCH_LIBRARY(mmfast, m) {
   // mmfast/ops/reference.py (philox_noise_counters, philox_sample_counters).
   m.def(
       "noisy_modality_dropout(Tensor x, Tensor p_drop, Tensor sigma, bool sigma_levels, int seed, "
-      "int offset, float fill) -> (Tensor, Tensor, Tensor)");
+      "Tensor offset, float fill) -> (Tensor, Tensor, Tensor)");
 
   // scores (S, B, C) z.dtype: masked_fusion(z, subsets_s & present, weight, normalize=True).
   m.def("subset_logits(Tensor z, Tensor subsets, Tensor? weight, Tensor? present) -> Tensor");

@@ -176,8 +176,12 @@ void noisy_rows(const at::Tensor& x, const at::Tensor& keep, const at::Tensor& s
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_modality_dropout_cpu(
     const at::Tensor& x, const at::Tensor& p_drop, const at::Tensor& sigma, bool sigma_levels,
-    int64_t seed, int64_t offset, double fill) {
+    int64_t seed, const at::Tensor& offset_tensor, double fill) {
   check_input(x, "x", -1);
+  TORCH_CHECK(offset_tensor.dim() == 0 && offset_tensor.scalar_type() == at::kLong,
+              "offset must be a 0-d int64 tensor, got ", offset_tensor.sizes(), " ",
+              offset_tensor.scalar_type());
+  const int64_t offset = offset_tensor.item<int64_t>();  // a CPU tensor: no device sync
   TORCH_CHECK(x.dim() >= 1, "x must have a batch dimension, got a 0-dim tensor");
   const int64_t B = x.size(0);
   check_input(p_drop, "p_drop", 1);

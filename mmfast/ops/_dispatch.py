@@ -115,9 +115,22 @@ def choose_backend(op: str, device: torch.device, requested: str | None = None,
     return _choose(op, str(device), requested or os.environ.get(ENV_VAR) or "auto", cls)
 
 
-@torch._dynamo.assume_constant_result  # resolved once at trace time: no graph break
+#: decisions already made: (op, device, requested, shape class) -> backend
+_DECIDED: dict[tuple[str, str, str, str], str] = {}
+
+
 def _choose(op: str, device_name: str, requested: str, cls: str = ANY_SHAPE) -> str:
-    return _resolve(op, torch.device(device_name), requested, cls)
+    key = (op, device_name, requested, cls)
+    name = _DECIDED.get(key)
+    if name is None:
+        name = _DECIDED[key] = _resolve(op, torch.device(device_name), requested, cls)
+    return name
+
+
+# Resolved once at trace time under torch.compile (no graph break). This is what
+# ``torch._dynamo.assume_constant_result`` does; set by hand so that importing mmfast.ops does
+# not import torch._dynamo (and Triton with it).
+_choose._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 @functools.cache
@@ -140,4 +153,5 @@ def _resolve(op: str, device: torch.device, requested: str, cls: str = ANY_SHAPE
 
 def clear_cache() -> None:
     """Forget earlier decisions (after changing TRITON_INTERPRET or loading kernels)."""
+    _DECIDED.clear()
     _resolve.cache_clear()
