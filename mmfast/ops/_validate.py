@@ -7,11 +7,12 @@ kernels check values in their own pass)."""
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from mmfast.ops._env import getenv
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_MODALITIES = 8
@@ -77,7 +78,7 @@ def value_checks(backend: str) -> bool:
     instead (the C++ CPU kernels raise, CUDA / Triton kernels poison outputs with NaN)."""
     if torch.compiler.is_compiling():
         return False
-    return backend == "reference" or os.environ.get(CHECK_ENV) == "1"
+    return backend == "reference" or getenv(CHECK_ENV) == "1"
 
 
 def finite_nonnegative(op: str, name: str, value: Tensor) -> None:
