@@ -67,6 +67,7 @@ def _extension():
     debug = os.environ.get("DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    sources += sorted(glob.glob("csrc/autograd/*.cpp"))  # C++ autograd (once, not per ISA)
     args = {"cxx": [*opt, "-fopenmp", "-DPy_LIMITED_API=0x03090000"]}
     if "AVX2" in _isa_builds():
         args["cxx"].append("-DMMFAST_CPU_ISA_X86")

@@ -9,7 +9,9 @@
 //   * mask / present / subsets are bool; target and runner_up are int64;
 //   * weight is (B, M) opmath (the wrapper expands (M,) weights and applies no mask);
 //   * lip is (M,) or (M, C, C) opmath; bias is (C,) opmath;
-//   * p_drop is (B,) float32; sigma is float32, (B,) per sample or (K,) levels (sigma_levels).
+//   * p_drop is (B,) float32; sigma is float32, (B,) per sample or (K,) levels (sigma_levels);
+//   * offset (noisy_modality_dropout) is a 0-d int64 tensor on x's device, read by the kernel
+//     (a step counter in a tensor: no recompile under torch.compile, no host sync on CUDA).
 #include <torch/library.h>
 
 TORCH_LIBRARY(mmfast, m) {

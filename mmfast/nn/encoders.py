@@ -33,6 +33,7 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.tensor(float(std)))
 
     def forward(self, x: Tensor) -> Tensor:
+        """(x - mean) / std, elementwise."""
         return (x - self.mean) / self.std
 
 
@@ -81,6 +82,7 @@ class FrameEncoder(nn.Module):
         self.feature_dim = getattr(frame_encoder, "feature_dim", None)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> (B, feature_dim): the frame encoder's features, averaged over T."""
         if x.dim() != 5:
             raise ValueError(
                 f"FrameEncoder expects (B, T, C, H, W) input, got shape {tuple(x.shape)}"

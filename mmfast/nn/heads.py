@@ -41,6 +41,7 @@ class ConcatHead(nn.Module):
         self.fc = nn.Linear(sum(self.feature_dims), num_classes)
 
     def forward(self, features: Sequence[Tensor], mask: Tensor) -> HeadOutput:
+        """(logits (B, C), None, {}) from M feature tensors (B, d_m) and mask (B, M) bool."""
         _check_features(features, mask, len(self.feature_dims))
         present = mask.to(features[0].dtype)
         joint = torch.cat([f * present[:, m, None] for m, f in enumerate(features)], dim=1)
@@ -65,6 +66,7 @@ class LateHead(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(int(d), num_classes) for d in feature_dims)
 
     def forward(self, features: Sequence[Tensor], mask: Tensor) -> HeadOutput:
+        """(mean of the present modalities' logits (B, C), per-modality logits (B, M, C), {})."""
         _check_features(features, mask, len(self.heads))
         z = torch.stack([head(f) for head, f in zip(self.heads, features)], dim=1)
         logits, _ = ops.masked_fusion(z, mask, normalize=True)
@@ -121,6 +123,8 @@ class NormalizedLateHead(nn.Module):
         return fused + self.bias, z
 
     def forward(self, features: Sequence[Tensor], mask: Tensor) -> HeadOutput:
+        """(fused logits (B, C), integrated per-modality logits (B, M, C),
+        {"unit_logits": (B, M, C)})."""
         _check_features(features, mask, len(self.weights))
         units = self.unit_logits(features)
         logits, z = self.fuse_units(units, mask)

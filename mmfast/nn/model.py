@@ -62,4 +62,6 @@ class CertifiableModel(Protocol):
 
     def certify_scores(
         self, inputs: Mapping[str, Tensor], mask: Tensor
-    ) -> tuple[Tensor, Tensor | None]: ...
+    ) -> tuple[Tensor, Tensor | None]:
+        """(z (B, M, C) with integration weights folded in, bias (C,) or None)."""
+        ...

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from mmfast import _backends, _extension
+from mmfast.ops._env import getenv
 
 BACKENDS = ("cuda", "triton", "cpp", "reference")
 ENV_VAR = "MMFAST_BACKEND"
@@ -110,14 +111,37 @@ def unavailable_reason(op: str, backend: str, device: torch.device) -> str | Non
 def choose_backend(op: str, device: torch.device, requested: str | None = None,
                    shape: Sequence[int] = ()) -> str:
     """Resolve ``requested`` (or $MMFAST_BACKEND, default auto) to a usable backend name;
-    ``shape`` (of the op's main input) selects the shape class of the auto order on CUDA."""
+    ``shape`` (of the op's main input) selects the shape class of the auto order on CUDA.
+    Decisions are cached (an eager call costs one dict lookup)."""
     cls = shape_class(op, tuple(shape)) if device.type == "cuda" else ANY_SHAPE
-    return _choose(op, str(device), requested or os.environ.get(ENV_VAR) or "auto", cls)
+    if torch.compiler.is_compiling():  # constant-folded at trace time, see _choose
+        return _choose(op, str(device), requested or os.environ.get(ENV_VAR) or "auto", cls)
+    requested = requested or getenv(ENV_VAR) or "auto"
+    name = _DECIDED_BY_DEVICE.get((op, device, requested, cls))
+    if name is None:
+        name = _DECIDED_BY_DEVICE[(op, device, requested, cls)] = _choose(
+            op, str(device), requested, cls)
+    return name
 
 
-@torch._dynamo.assume_constant_result  # resolved once at trace time: no graph break
+#: eager fast path: (op, torch.device, requested, shape class) -> backend
+_DECIDED_BY_DEVICE: dict[tuple[str, torch.device, str, str], str] = {}
+#: decisions already made: (op, device, requested, shape class) -> backend
+_DECIDED: dict[tuple[str, str, str, str], str] = {}
+
+
 def _choose(op: str, device_name: str, requested: str, cls: str = ANY_SHAPE) -> str:
-    return _resolve(op, torch.device(device_name), requested, cls)
+    key = (op, device_name, requested, cls)
+    name = _DECIDED.get(key)
+    if name is None:
+        name = _DECIDED[key] = _resolve(op, torch.device(device_name), requested, cls)
+    return name
+
+
+# Resolved once at trace time under torch.compile (no graph break). This is what
+# ``torch._dynamo.assume_constant_result`` does; set by hand so that importing mmfast.ops does
+# not import torch._dynamo (and Triton with it).
+_choose._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 @functools.cache
@@ -140,4 +164,6 @@ def _resolve(op: str, device: torch.device, requested: str, cls: str = ANY_SHAPE
 
 def clear_cache() -> None:
     """Forget earlier decisions (after changing TRITON_INTERPRET or loading kernels)."""
+    _DECIDED.clear()
+    _DECIDED_BY_DEVICE.clear()
     _resolve.cache_clear()

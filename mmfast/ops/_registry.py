@@ -40,6 +40,13 @@ def register(op: str, fake: Callable, *, setup_context: Callable | None = None,
         targets.append(("", f"mmfast::{op}"))
     for suffix, qualname in targets:
         torch.library.register_fake(qualname)(fake)
-        if backward is not None:
+        if backward is not None and not cpp_autograd(qualname):
             torch.library.register_autograd(qualname, backward(suffix),
                                             setup_context=setup_context)
+
+
+def cpp_autograd(qualname: str) -> bool:
+    """Whether mmfast._C registers ``qualname``'s autograd in C++ (csrc/autograd/): then no
+    Python runs per call, forward or backward, and the Python formula serves Triton only."""
+    return qualname.startswith("mmfast::") and not qualname.endswith("_triton") and \
+        _extension.loaded() and _extension.has_kernel(qualname.split("::")[1], "Autograd")

@@ -1,17 +1,23 @@
 """Argument checks shared by the public ops. Every error names the op, the argument, what was
-expected and what was given. Shape/dtype/device checks always run; checks that read tensor
-values (negative weights, out-of-range targets) run in eager mode only, since they would force a
-device sync and a graph break under torch.compile."""
+expected and what was given. Shape/dtype/device checks always run. Checks that read tensor
+values (negative or non-finite weights, out-of-range targets) force a device sync, so they run
+only where :func:`value_checks` says so: the reference backend, or ``MMFAST_CHECK=1`` (the
+kernels check values in their own pass)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from mmfast.ops._env import getenv
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_MODALITIES = 8
+#: Set to 1 to run the wrappers' value checks on every backend (debugging; syncs the device).
+CHECK_ENV = "MMFAST_CHECK"
 
 
 def _fmt_shape(shape: Sequence) -> str:
@@ -28,10 +34,10 @@ def tensor(op: str, name: str, value, *, dims: Sequence[str | int | None] | None
             f"{op}: argument '{name}' must be a torch.Tensor, got {type(value).__name__}"
         )
     if dims is not None:
-        expected = _fmt_shape([d if d is not None else "*" for d in dims])
         if value.dim() != len(dims) or any(
             isinstance(d, int) and value.shape[i] != d for i, d in enumerate(dims)
         ):
+            expected = _fmt_shape([d if d is not None else "*" for d in dims])
             raise ValueError(
                 f"{op}: argument '{name}' expected shape {expected}, got {_fmt_shape(value.shape)}"
             )
@@ -65,30 +71,71 @@ def eager() -> bool:
     return not torch.compiler.is_compiling()
 
 
-def nonnegative(op: str, name: str, value: Tensor) -> None:
-    if eager() and value.numel() and bool((value < 0).any()):
-        raise ValueError(f"{op}: argument '{name}' expected non-negative values, "
+def value_checks(backend: str) -> bool:
+    """Whether the wrapper checks tensor values (BRIEF contract 2): for the reference backend,
+    or anywhere with ``MMFAST_CHECK=1``; never while torch.compile traces. A value check reads
+    the tensor on the host (a device sync), so the kernels check values in their own pass
+    instead (the C++ CPU kernels raise, CUDA / Triton kernels poison outputs with NaN)."""
+    if torch.compiler.is_compiling():
+        return False
+    return backend == "reference" or getenv(CHECK_ENV) == "1"
+
+
+def finite_nonnegative(op: str, name: str, value: Tensor) -> None:
+    """Raise unless every value is finite and >= 0 (weights, Lipschitz constants, sigma)."""
+    if not value.numel():
+        return
+    finite = torch.isfinite(value)
+    if not bool(finite.all()):
+        bad = value[~finite][0].item()
+        raise ValueError(f"{op}: argument '{name}' expected finite non-negative values, "
+                         f"got {bad}")
+    if bool((value < 0).any()):
+        raise ValueError(f"{op}: argument '{name}' expected finite non-negative values, "
                          f"got minimum {value.min().item():g}")
 
 
+def finite_nonnegative_number(op: str, name: str, value: float) -> None:
+    """The same check for a Python number (free: no tensor is read)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{op}: argument '{name}' expected finite non-negative values, "
+                         f"got {value}")
+
+
+def probabilities(op: str, name: str, value: Tensor) -> None:
+    """Raise unless every value is in [0, 1] (NaN is not)."""
+    if value.numel() and not bool(((value >= 0) & (value <= 1)).all()):
+        raise ValueError(f"{op}: argument '{name}' expected probabilities in [0, 1], got "
+                         f"values in [{value.min().item():g}, {value.max().item():g}]")
+
+
 def index_range(op: str, name: str, value: Tensor, high: int) -> None:
-    if eager() and value.numel():
+    """Raise unless every value is in [0, high) (class targets)."""
+    if value.numel():
         lo, hi = int(value.min()), int(value.max())
         if lo < 0 or hi >= high:
             raise ValueError(f"{op}: argument '{name}' expected values in [0, {high}), "
                              f"got values in [{lo}, {hi}]")
 
 
-def modality_weight(op: str, weight, b: int, m: int, device, acc: torch.dtype) -> Tensor | None:
-    """None, (M,) or (B, M) non-negative floats -> contiguous (B, M) in ``acc`` (or None)."""
+def weight_tensor(op: str, weight, device) -> Tensor:
+    """A floating weight tensor on ``device`` (any shape; the caller checks it)."""
+    return tensor(op, "weight", weight, dtypes=FLOAT_DTYPES, device=device,
+                  dtype_hint="a floating dtype")
+
+
+def modality_weight(op: str, weight, b: int, m: int, device, acc: torch.dtype,
+                    check: bool = False) -> Tensor | None:
+    """None, (M,) or (B, M) non-negative floats -> contiguous (B, M) in ``acc`` (or None).
+    ``check``: also check the values (finite, >= 0; see :func:`value_checks`)."""
     if weight is None:
         return None
-    w = tensor(op, "weight", weight, dtypes=FLOAT_DTYPES, device=device,
-               dtype_hint="a floating dtype")
+    w = weight_tensor(op, weight, device)
     if w.dim() == 1 and w.shape[0] == m:
         w = w.unsqueeze(0)
     elif not (w.dim() == 2 and w.shape[0] == b and w.shape[1] == m):
         raise ValueError(f"{op}: argument 'weight' expected shape ({m},) or ({b}, {m}), "
                          f"got {_fmt_shape(w.shape)}")
-    nonnegative(op, "weight", w)
+    if check:
+        finite_nonnegative(op, "weight", w)
     return w.to(acc).expand(b, m).contiguous()

@@ -15,8 +15,9 @@ from torch import Tensor
 from mmfast.ops import _registry, _validate, reference
 from mmfast.ops._dispatch import choose_backend
 from mmfast.ops.reference import dual_exponent, opmath_dtype
+from mmfast.ops.results import CertifiedMarginResult
 
-__all__ = ["certified_margin", "certified_accuracy"]
+__all__ = ["certified_margin", "certified_accuracy", "CertifiedMarginResult", "pair_lipschitz"]
 OP = "certified_margin"
 RIVALS = ("min", "top")
 
@@ -31,14 +32,20 @@ def certified_margin(
     rival: str = "min",
     *,
     backend: str | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> CertifiedMarginResult:
     """Certified radius, margin and rival class of every sample.
 
     Args:
         z: (B, M, C) per-modality class scores (integration weights folded in).
         target: (B,) int64 label (certified accuracy) or prediction (certified robustness).
-        lip: (M,) or (M, C, C) non-negative Lipschitz constants of x^(m) -> z^(m)_y - z^(m)_k.
-        mask: None (all present) or (B, M) bool.
+        lip: finite non-negative Lipschitz constants, one of
+            (M,): of x^(m) -> z^(m)_y - z^(m)_k, the same for every class pair;
+            (M, C): per class, tau_c^(m) bounding x^(m) -> z^(m)_c (CRMT's table; with the
+            integration weights folded into z, tau_c^(m) = |a_c^(m)| times the unit
+            logit's constant). A pair is bounded by tau_y^(m) + tau_k^(m) (triangle
+            inequality): the table is expanded to (M, C, C) by :func:`pair_lipschitz`;
+            (M, C, C): per class pair, lip_m[y, k] (exact pairwise bounds).
+        mask: None (all present) or (B, M) bool. Absent modalities are never read.
         bias: None or (C,) bias of the fused head.
         p: norm of the perturbation (>= 1, or math.inf); the dual norm combines modalities.
         rival: "min" (minimum over every k != y: a valid certificate) or "top" (k = fused
@@ -46,21 +53,22 @@ def certified_margin(
         backend: "auto" (default, or $MMFAST_BACKEND), "cpp", "cuda", "triton", "reference".
 
     Returns:
-        radius (B,) (negative when misclassified; +-inf when no modality bounds the margin),
-        margin (B,) at the rival, runner_up (B,) int64 rival class (-1 when C = 1). radius and
-        margin are float32 (float64 for float64 z) and differentiable w.r.t. z, lip and bias.
+        :class:`CertifiedMarginResult` ``(radius, margin, runner_up)``: radius (B,) (negative
+        when misclassified; +-inf when no modality bounds the margin), margin (B,) at the
+        rival, runner_up (B,) int64 rival class (-1 when C = 1). radius and margin are float32
+        (float64 for float64 z) and differentiable w.r.t. z, lip and bias. A row with a
+        non-finite score among its present modalities gets radius NaN, margin NaN and
+        runner_up -1 (never a certificate).
     """
     _validate.floating(OP, "z", z, ("B", "M", "C"))
     B, M, C = z.shape
     _validate.modality_count(OP, "z", M)
     dev, acc = z.device, opmath_dtype(z.dtype)
     _validate.tensor(OP, "target", target, dims=(B,), dtypes=(torch.int64,), device=dev)
-    _validate.index_range(OP, "target", target, C)
     _validate.floating(OP, "lip", lip, None, device=dev)
-    if tuple(lip.shape) not in ((M,), (M, C, C)):
-        raise ValueError(f"{OP}: argument 'lip' expected shape ({M},) or ({M}, {C}, {C}), "
-                         f"got {tuple(lip.shape)}")
-    _validate.nonnegative(OP, "lip", lip)
+    if tuple(lip.shape) not in ((M,), (M, C), (M, C, C)):
+        raise ValueError(f"{OP}: argument 'lip' expected shape ({M},), ({M}, {C}) or "
+                         f"({M}, {C}, {C}), got {tuple(lip.shape)}")
     if mask is not None:
         _validate.boolean(OP, "mask", mask, (B, M), device=dev)
     if bias is not None:
@@ -70,14 +78,26 @@ def certified_margin(
     if rival not in RIVALS:
         raise ValueError(f"{OP}: argument 'rival' expected one of {RIVALS}, got {rival!r}")
     name = choose_backend(OP, dev, backend, z.shape)
+    if _validate.value_checks(name):
+        _validate.index_range(OP, "target", target, C)
+        _validate.finite_nonnegative(OP, "lip", lip)
+    if lip.dim() == 2:
+        lip = pair_lipschitz(lip)
     if name == "reference":
-        return reference.certified_margin(z, target, lip, mask, bias, float(p), rival)
-    return _registry.call(
+        return CertifiedMarginResult(
+            *reference.certified_margin(z, target, lip, mask, bias, float(p), rival))
+    return CertifiedMarginResult(*_registry.call(
         OP, name, z.contiguous(), target.contiguous(), lip.to(acc).contiguous(),
         None if mask is None else mask.contiguous(),
         None if bias is None else bias.to(acc).contiguous(), dual_exponent(float(p)),
         rival == "top",
-    )
+    ))
+
+
+def pair_lipschitz(tau: Tensor) -> Tensor:
+    """(M, C) per-class constants -> (M, C, C) pair bounds tau[m, y] + tau[m, k]
+    (differentiable): ||grad (z_y - z_k)|| <= ||grad z_y|| + ||grad z_k||."""
+    return tau.unsqueeze(2) + tau.unsqueeze(1)
 
 
 def certified_accuracy(radius: Tensor, radii: Tensor | list[float]) -> Tensor:
@@ -154,14 +174,14 @@ def _backward(suffix: str):
         if ctx.needs_input_grad[2]:
             if lip.dim() == 1:
                 grad_lip = grad_sel.sum(dim=0)
-            else:
-                M = lip.shape[0]
-                rows = valid.nonzero().squeeze(1)
-                m_idx = torch.arange(M, device=z.device).repeat(rows.numel())
-                b_idx = rows.repeat_interleave(M)
-                grad_lip = torch.zeros_like(lip).index_put_(
-                    (m_idx, target[b_idx], runner_up[b_idx]), grad_sel[b_idx, m_idx],
-                    accumulate=True)
+            else:  # scatter d/d lip_m[y_b, k_b] without a host sync (rows with no rival add 0)
+                M, C = lip.shape[0], lip.shape[1]
+                k = runner_up.clamp(min=0)
+                flat = ((torch.arange(M, device=z.device).unsqueeze(0) * C
+                         + target.unsqueeze(1)) * C + k.unsqueeze(1))
+                sel = torch.where(valid.unsqueeze(1), grad_sel, torch.zeros_like(grad_sel))
+                grad_lip = (torch.zeros(lip.numel(), dtype=grad_sel.dtype, device=z.device)
+                            .index_add_(0, flat.reshape(-1), sel.reshape(-1)).view(lip.shape))
         if ctx.has_bias and ctx.needs_input_grad[4]:
             k = runner_up.clamp(min=0)
             den = _rival_denominator(lip, mask, target, k, ctx.q)

@@ -13,41 +13,71 @@ from torch import Tensor
 from mmfast.ops import _registry, _validate, reference
 from mmfast.ops._dispatch import choose_backend
 from mmfast.ops.reference import opmath_dtype
+from mmfast.ops.results import MaskedFusionResult
 
-__all__ = ["masked_fusion"]
+__all__ = ["masked_fusion", "MaskedFusionResult"]
 OP = "masked_fusion"
 
 
 def masked_fusion(
     x: Tensor,
-    mask: Tensor,
+    mask: Tensor | None = None,
     weight: Tensor | None = None,
     normalize: bool = True,
     *,
     backend: str | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> MaskedFusionResult:
     """Fuse M modalities of x (B, M, D) into y (B, D).
 
     Args:
         x: (B, M, D) float16/bfloat16/float32/float64 features or logits.
-        mask: (B, M) bool, True where the modality is present.
-        weight: None, (M,) or (B, M) non-negative fusion weights (differentiable).
+        mask: (B, M) bool, True where the modality is present; None = all present. Absent
+            modalities are never read (NaN or inf there reaches no output or gradient).
+        weight: finite non-negative fusion weights (differentiable), either per modality,
+            None, (M,) or (B, M), or per class / feature, (M, D) or (B, M, D) (CRMT's
+            integration weights a_k^(m)). A (B, M) shape is read per modality even when
+            B = M and D = M. Per-class weights run the reference composition (plain PyTorch:
+            differentiable and torch.compile-able on every device); the fused kernels take
+            per-modality weights only.
         normalize: divide by the sum of the present weights (a weighted mean); else a sum.
         backend: "auto" (default, or $MMFAST_BACKEND), "cpp", "cuda", "triton", "reference".
 
     Returns:
-        y (B, D) in x's dtype, and denom (B,) = sum of present weights, in float32 (float64 for
-        float64 x). denom is not differentiable.
+        :class:`MaskedFusionResult` ``(y, denom)``: y (B, D) in x's dtype; denom = sum of the
+        present weights, (B,) (or (B, D) for per-class weights), float32 (float64 for float64
+        x), not differentiable on the kernel backends. The module :class:`mmfast.nn.MaskedFusion`
+        returns y alone.
     """
     _validate.floating(OP, "x", x, ("B", "M", "D"))
-    B, M, _ = x.shape
+    B, M, D = x.shape
     _validate.modality_count(OP, "x", M)
-    _validate.boolean(OP, "mask", mask, (B, M), device=x.device)
-    w = _validate.modality_weight(OP, weight, B, M, x.device, opmath_dtype(x.dtype))
+    if mask is None:
+        mask = torch.ones(B, M, dtype=torch.bool, device=x.device)
+    else:
+        _validate.boolean(OP, "mask", mask, (B, M), device=x.device)
     name = choose_backend(OP, x.device, backend, x.shape)
+    check = _validate.value_checks(name)
+    if weight is not None and _per_class(weight, B, M, D):
+        w = _validate.weight_tensor(OP, weight, x.device)
+        if check:
+            _validate.finite_nonnegative(OP, "weight", w)
+        return MaskedFusionResult(*reference.masked_fusion(x, mask, w.expand(B, M, D),
+                                                            bool(normalize)))
+    if isinstance(weight, Tensor) and tuple(weight.shape) not in ((M,), (B, M)):
+        raise ValueError(f"{OP}: argument 'weight' expected shape ({M},) or ({B}, {M}) per "
+                         f"modality, or ({M}, {D}) or ({B}, {M}, {D}) per class, got "
+                         f"{tuple(weight.shape)}")
+    w = _validate.modality_weight(OP, weight, B, M, x.device, opmath_dtype(x.dtype), check)
     if name == "reference":
-        return reference.masked_fusion(x, mask, w, bool(normalize))
-    return _registry.call(OP, name, x.contiguous(), mask.contiguous(), w, bool(normalize))
+        return MaskedFusionResult(*reference.masked_fusion(x, mask, w, bool(normalize)))
+    return MaskedFusionResult(*_registry.call(OP, name, x.contiguous(), mask.contiguous(), w,
+                                              bool(normalize)))
+
+
+def _per_class(weight, B: int, M: int, D: int) -> bool:
+    """Whether ``weight`` has a per-class shape, (M, D) or (B, M, D) ((B, M) wins a tie)."""
+    shape = tuple(getattr(weight, "shape", ()))
+    return shape == (B, M, D) or (shape == (M, D) and shape != (B, M))
 
 
 # ---------------------------------------------------------------- custom-op registrations

@@ -8,6 +8,7 @@ offset) alone, with no generator state, and every backend draws the same numbers
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -15,49 +16,61 @@ from torch import Tensor
 
 from mmfast.ops import _registry, _validate, reference
 from mmfast.ops._dispatch import choose_backend
+from mmfast.ops.results import ModalityNoiseDropoutResult, NoisyDropoutResult
 
-__all__ = ["noisy_modality_dropout", "modality_noise_dropout"]
+__all__ = ["noisy_modality_dropout", "modality_noise_dropout", "NoisyDropoutResult",
+           "ModalityNoiseDropoutResult"]
 OP = "noisy_modality_dropout"
+GROUP_OP = "modality_noise_dropout"
 _MAX_COUNTER = 2**63
 SIGMA_MODES = ("auto", "per_sample", "levels")
 
 
-def _probabilities(p_drop, B: int, device) -> Tensor:
-    if isinstance(p_drop, (int, float)) and not isinstance(p_drop, bool):
-        if not 0.0 <= float(p_drop) <= 1.0:
-            raise ValueError(f"{OP}: argument 'p_drop' expected a probability in [0, 1], "
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _probabilities(op: str, p_drop, B: int, device, check: bool) -> Tensor | float:
+    """A number in [0, 1] (checked: free) or a (B,) float tensor -> float32 (B,) tensor."""
+    if _is_number(p_drop):
+        if not 0.0 <= float(p_drop) <= 1.0:  # NaN fails too
+            raise ValueError(f"{op}: argument 'p_drop' expected a probability in [0, 1], "
                              f"got {p_drop}")
-        return torch.full((B,), float(p_drop), dtype=torch.float32, device=device)
-    p = _validate.floating(OP, "p_drop", p_drop, (B,), device=device)
-    if _validate.eager() and p.numel() and bool(((p < 0) | (p > 1)).any()):
-        raise ValueError(f"{OP}: argument 'p_drop' expected probabilities in [0, 1], got values "
-                         f"in [{p.min().item():g}, {p.max().item():g}]")
+        return float(p_drop)
+    p = _validate.floating(op, "p_drop", p_drop, (B,), device=device)
+    if check:
+        _validate.probabilities(op, "p_drop", p)
     return p.to(torch.float32).contiguous()
 
 
-def _sigmas(sigma, mode: str, B: int, device) -> tuple[Tensor, bool]:
+def _sigmas(sigma, mode: str, B: int, device, check: bool) -> tuple[Tensor, bool]:
     """-> (float32 sigma tensor, whether it is a set of levels drawn per sample)."""
     if mode not in SIGMA_MODES:
         raise ValueError(f"{OP}: argument 'sigma_mode' expected one of {SIGMA_MODES}, got {mode!r}")
-    if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
-        s, levels = torch.full((B,), float(sigma), dtype=torch.float32, device=device), False
-    elif isinstance(sigma, Sequence) and not isinstance(sigma, (str, bytes)):
-        s, levels = torch.tensor(list(sigma), dtype=torch.float32, device=device), True
-    else:
-        _validate.floating(OP, "sigma", sigma, None, device=device)
-        if sigma.dim() != 1:
-            raise ValueError(f"{OP}: argument 'sigma' expected a number, a ({B},) tensor of "
-                             f"per-sample values or a (K,) tensor of levels, got shape "
-                             f"{tuple(sigma.shape)}")
-        levels = mode == "levels" or (mode == "auto" and sigma.shape[0] != B)
-        if not levels and sigma.shape[0] != B:
-            raise ValueError(f"{OP}: argument 'sigma' expected shape ({B},) for per-sample "
-                             f"values, got {tuple(sigma.shape)}")
-        s = sigma.to(torch.float32).contiguous()
-    if levels and s.numel() == 0:
+    if _is_number(sigma):
+        _validate.finite_nonnegative_number(OP, "sigma", float(sigma))
+        return torch.full((B,), float(sigma), dtype=torch.float32, device=device), False
+    if isinstance(sigma, Sequence) and not isinstance(sigma, (str, bytes)):
+        levels = [float(v) for v in sigma]
+        if not levels:
+            raise ValueError(f"{OP}: argument 'sigma' expected at least one level, got none")
+        for v in levels:
+            _validate.finite_nonnegative_number(OP, "sigma", v)
+        return torch.tensor(levels, dtype=torch.float32, device=device), True
+    _validate.floating(OP, "sigma", sigma, None, device=device)
+    if sigma.dim() != 1:
+        raise ValueError(f"{OP}: argument 'sigma' expected a number, a ({B},) tensor of "
+                         f"per-sample values or a (K,) tensor of levels, got shape "
+                         f"{tuple(sigma.shape)}")
+    levels = mode == "levels" or (mode == "auto" and sigma.shape[0] != B)
+    if not levels and sigma.shape[0] != B:
+        raise ValueError(f"{OP}: argument 'sigma' expected shape ({B},) for per-sample "
+                         f"values, got {tuple(sigma.shape)}")
+    if levels and sigma.numel() == 0:
         raise ValueError(f"{OP}: argument 'sigma' expected at least one level, got none")
-    _validate.nonnegative(OP, "sigma", s)
-    return s, levels
+    if check:
+        _validate.finite_nonnegative(OP, "sigma", sigma)
+    return sigma.to(torch.float32).contiguous(), levels
 
 
 def _counter(name: str, value) -> int:
@@ -66,17 +79,30 @@ def _counter(name: str, value) -> int:
     return value
 
 
+def _offset(op: str, offset, device, check: bool) -> Tensor:
+    """``offset`` as a 0-d int64 tensor on ``device`` (the op reads it there: a changing step
+    needs no recompile under torch.compile and no host sync on a GPU)."""
+    if isinstance(offset, Tensor):
+        _validate.tensor(op, "offset", offset, dims=(), dtypes=(torch.int64,), device=device,
+                         dtype_hint="torch.int64 (a 0-d tensor) or an int")
+        if check and int(offset) < 0:
+            raise ValueError(f"{op}: argument 'offset' expected an int in [0, 2**63), "
+                             f"got {int(offset)}")
+        return offset
+    return torch.full((), _counter("offset", offset), dtype=torch.int64, device=device)
+
+
 def noisy_modality_dropout(
     x: Tensor,
     p_drop: float | Tensor,
     sigma: float | Sequence[float] | Tensor,
     seed: int = 0,
-    offset: int = 0,
+    offset: int | Tensor = 0,
     fill: float = 0.0,
     *,
     sigma_mode: str = "auto",
     backend: str | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> NoisyDropoutResult:
     """Drop whole samples of one modality and add Gaussian noise to the kept ones.
 
     y_b = keep_b ? x_b + sigma_b * n_b : fill, keep_b ~ Bernoulli(1 - p_drop_b), n ~ N(0, I).
@@ -84,47 +110,54 @@ def noisy_modality_dropout(
     Args:
         x: (B, ...) one modality's batch (any trailing shape; non-contiguous is fine).
         p_drop: drop probability, a number or a (B,) tensor, in [0, 1].
-        sigma: noise std: a number, a (B,) tensor (per sample), or a list / (K,) tensor of
-            levels of which each sample draws one uniformly (UDML's controlled corruption).
+        sigma: finite non-negative noise std: a number, a (B,) tensor (per sample), or a
+            list / (K,) tensor of levels of which each sample draws one uniformly (UDML's
+            controlled corruption).
         seed, offset: the random stream; the same pair gives the same output on a backend.
-            Advance ``offset`` (e.g. the step number) for fresh noise.
-        fill: value of dropped samples (0 = the usual "missing" input).
+            ``offset`` is an int or a 0-d int64 tensor on x's device (a step counter kept in
+            a tensor: no recompile under torch.compile). Advance it for fresh noise.
+        fill: value of dropped samples (0 = the usual "missing" input); x is not read there.
         sigma_mode: "auto" (a (B,) tensor is per sample, other lengths are levels),
             "per_sample" or "levels" to resolve a (B,)-long tensor of levels.
         backend: "auto" (default, or $MMFAST_BACKEND), "cpp", "cuda", "triton", "reference".
 
     Returns:
-        y (x's shape and dtype; differentiable w.r.t. x), keep (B,) bool, sigma_used (B,)
-        float32 (the std each sample received: UDML's regression target).
+        :class:`NoisyDropoutResult` ``(y, keep, sigma_used)``: y (x's shape and dtype;
+        differentiable w.r.t. x), keep (B,) bool, sigma_used (B,) float32 (the std each sample
+        received: UDML's regression target).
     """
     _validate.floating(OP, "x", x, None)
     if x.dim() < 1:
         raise ValueError(f"{OP}: argument 'x' expected shape (B, ...), got a 0-d tensor")
     B, dev = x.shape[0], x.device
-    p = _probabilities(p_drop, B, dev)
-    s, levels = _sigmas(sigma, sigma_mode, B, dev)
-    seed, offset = _counter("seed", seed), _counter("offset", offset)
     name = choose_backend(OP, dev, backend, x.shape)
+    check = _validate.value_checks(name)
+    p = _probabilities(OP, p_drop, B, dev, check)
+    if isinstance(p, float):
+        p = torch.full((B,), p, dtype=torch.float32, device=dev)
+    s, levels = _sigmas(sigma, sigma_mode, B, dev, check)
+    seed = _counter("seed", seed)
+    off = _offset(OP, offset, dev, check)
     if name == "reference":
-        return reference.noisy_modality_dropout(x, p, s, levels, seed, offset, float(fill))
-    if name != "triton":  # the C++ op reads the offset from a 0-d int64 tensor (BRIEF contract 1)
-        offset = torch.tensor(offset, dtype=torch.int64, device=dev)
-    return _registry.call(OP, name, x.contiguous(), p, s, levels, seed, offset, float(fill))
+        return NoisyDropoutResult(
+            *reference.noisy_modality_dropout(x, p, s, levels, seed, off, float(fill)))
+    return NoisyDropoutResult(
+        *_registry.call(OP, name, x.contiguous(), p, s, levels, seed, off, float(fill)))
 
 
 def modality_noise_dropout(
     inputs: Mapping[str, Tensor],
     mask: Tensor | None,
-    p_drop: float,
+    p_drop: float | Tensor,
     sigma: float | Sequence[float] | Tensor,
     seed: int = 0,
-    offset: int = 0,
+    offset: int | Tensor = 0,
     *,
     min_keep: int = 1,
     fill: float = 0.0,
     modalities: Sequence[str] | None = None,
     backend: str | None = None,
-) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
+) -> ModalityNoiseDropoutResult:
     """Missing-modality augmentation over all modalities (UME-MMA, DMRNet, UDML).
 
     Each present modality of each sample is dropped with probability ``p_drop``, except that
@@ -132,30 +165,51 @@ def modality_noise_dropout(
     drawn for dropping); kept ones get Gaussian noise of std ``sigma``.
 
     Args:
-        inputs: modality name -> (B, ...) tensor.
+        inputs: a mapping modality name -> (B, ...) tensor (a list is rejected: the names
+            order the mask's columns).
         mask: (B, M) bool presence in the order of ``modalities`` (None = all present).
+        p_drop: drop probability in [0, 1], a number or a per-sample (B,) tensor.
+        sigma: as for :func:`noisy_modality_dropout`.
+        seed, offset: the random stream (offset an int or a 0-d int64 tensor); modality m
+            uses offset * M + m.
         modalities: order of the mask columns (default: the order of ``inputs``).
 
     Returns:
-        (new inputs, new mask (B, M), sigma_used per modality (B,) float32).
+        :class:`ModalityNoiseDropoutResult` ``(inputs, mask, sigma_used)``: the new inputs,
+        the new mask (B, M), sigma_used per modality (B,) float32. The module
+        :class:`mmfast.nn.ModalityNoiseDropout` returns ``(inputs, mask)`` and keeps
+        sigma_used in its ``last_sigma`` attribute.
     """
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"{GROUP_OP}: argument 'inputs' expected a mapping of modality name -> "
+                        f"tensor (e.g. a dict), got {type(inputs).__name__}")
     names = list(modalities if modalities is not None else inputs.keys())
+    if not names:
+        raise ValueError(f"{GROUP_OP}: argument 'inputs' expected at least one modality, got none")
     missing = [n for n in names if n not in inputs]
     if missing:
-        raise ValueError(f"modality_noise_dropout: argument 'inputs' lacks modalities {missing}")
-    B, M = inputs[names[0]].shape[0], len(names)
-    dev = inputs[names[0]].device
+        raise ValueError(f"{GROUP_OP}: argument 'inputs' lacks modalities {missing}")
+    first = _validate.floating(GROUP_OP, f"inputs[{names[0]!r}]", inputs[names[0]], None)
+    if first.dim() < 1:
+        raise ValueError(f"{GROUP_OP}: argument 'inputs[{names[0]!r}]' expected shape (B, ...), "
+                         f"got a 0-d tensor")
+    B, M, dev = first.shape[0], len(names), first.device
+    for n in names[1:]:
+        t = _validate.floating(GROUP_OP, f"inputs[{n!r}]", inputs[n], None, device=dev)
+        if t.dim() < 1 or t.shape[0] != B:
+            raise ValueError(f"{GROUP_OP}: argument 'inputs[{n!r}]' expected batch size {B} "
+                             f"(as inputs[{names[0]!r}]), got shape {tuple(t.shape)}")
     if mask is None:
         mask = torch.ones(B, M, dtype=torch.bool, device=dev)
-    _validate.boolean("modality_noise_dropout", "mask", mask, (B, M), device=dev)
-    if not 0.0 <= float(p_drop) <= 1.0:
-        raise ValueError(f"modality_noise_dropout: argument 'p_drop' expected a probability in "
-                         f"[0, 1], got {p_drop}")
-    if min_keep < 0:
-        raise ValueError(
-            f"modality_noise_dropout: argument 'min_keep' expected >= 0, got {min_keep}"
-        )
-    offsets = [offset * M + m for m in range(M)]  # one independent stream per modality
+    _validate.boolean(GROUP_OP, "mask", mask, (B, M), device=dev)
+    p = _probabilities(GROUP_OP, p_drop, B, dev,
+                       _validate.value_checks(backend or "auto"))
+    if isinstance(min_keep, bool) or not isinstance(min_keep, int) or min_keep < 0:
+        raise ValueError(f"{GROUP_OP}: argument 'min_keep' expected an int >= 0, got {min_keep!r}")
+    if isinstance(offset, Tensor):
+        offsets = [offset * M + m for m in range(M)]  # one independent stream per modality
+    else:
+        offsets = [_counter("offset", offset) * M + m for m in range(M)]
     # Lanes 2 and 3 of each modality's per-sample Philox draw (the op uses lanes 0 and 1).
     rows = torch.arange(B, device=dev, dtype=torch.int64)
     u_drop, u_pick = [], []
@@ -163,7 +217,8 @@ def modality_noise_dropout(
         _, _, r2, r3 = reference.philox4x32(reference.philox_sample_counters(rows, off), seed)
         u_drop.append(reference.philox_uniform(r2))
         u_pick.append(reference.philox_uniform(r3))
-    kept = mask & (torch.stack(u_drop, dim=1) >= p_drop)
+    threshold = p if isinstance(p, float) else p.unsqueeze(1)
+    kept = mask & (torch.stack(u_drop, dim=1) >= threshold)
     # Rescue: rank present modalities, already-kept first, then by a random score.
     score = torch.where(kept, 2.0 + torch.stack(u_pick, dim=1), torch.stack(u_pick, dim=1))
     score = torch.where(mask, score, torch.full_like(score, -1.0))
@@ -176,17 +231,29 @@ def modality_noise_dropout(
             inputs[name], (~kept[:, m]).to(torch.float32), sigma, seed, offsets[m], fill,
             backend=backend)
         out[name], sigma_used[name] = y, s
-    return out, kept, sigma_used
+    return ModalityNoiseDropoutResult(out, kept, sigma_used)
 
 
 # ---------------------------------------------------------------- custom-op registrations
 @torch.library.custom_op("mmfast::noisy_modality_dropout_triton", mutates_args=())
 def _noisy_modality_dropout_triton(
-    x: Tensor, p_drop: Tensor, sigma: Tensor, sigma_levels: bool, seed: int, offset: int,
+    x: Tensor, p_drop: Tensor, sigma: Tensor, sigma_levels: bool, seed: int, offset: Tensor,
     fill: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _registry.triton_launcher(OP, "forward")(
-        x, p_drop, sigma, sigma_levels, seed, offset, fill)
+    launcher = _registry.triton_launcher(OP, "forward")
+    if _takes_int_offset(launcher):  # a launcher from before contract 1 (reads a Python int)
+        offset = int(offset)
+    return launcher(x, p_drop, sigma, sigma_levels, seed, offset, fill)
+
+
+def _takes_int_offset(launcher) -> bool:
+    """Whether the Triton launcher annotates ``offset`` as a Python int (it then needs the
+    value on the host; launchers following BRIEF contract 1 take the 0-d tensor)."""
+    try:
+        annotation = inspect.signature(launcher).parameters["offset"].annotation
+    except (KeyError, TypeError, ValueError):
+        return False
+    return annotation in (int, "int")
 
 
 def _fake(x, p_drop, sigma, sigma_levels, seed, offset, fill):

@@ -61,14 +61,24 @@ def all_subsets(num_modalities: int, device: torch.device | str | None = None) -
 def masked_fusion(
     x: Tensor, mask: Tensor, weight: Tensor | None = None, normalize: bool = True
 ) -> tuple[Tensor, Tensor]:
-    """y_b = sum_m w_bm x_bm / denom_b with w = weight * mask; rows with denom 0 give 0."""
+    """y_b = sum_m w_bm x_bm / denom_b with w = weight * mask; rows with denom 0 give 0.
+
+    ``weight`` is None, per modality (B, M), or per class (B, M, D) (then w, denom and the
+    division are per class: denom is (B, D)). Absent modalities are never read: NaN or inf
+    there reaches no output and no gradient.
+    """
     acc = opmath_dtype(x.dtype)
-    w = _expand_weight(weight, mask, acc)
-    denom = w.sum(dim=1)
-    num = (w.unsqueeze(-1) * x.to(acc)).sum(dim=1)
+    xm = torch.where(mask.unsqueeze(-1), x.to(acc), 0.0)
+    per_class = weight is not None and weight.dim() == 3
+    if per_class:
+        w = weight.to(acc) * mask.unsqueeze(-1).to(acc)  # (B, M, D)
+    else:
+        w = _expand_weight(weight, mask, acc).unsqueeze(-1)  # (B, M, 1)
+    denom = w.sum(dim=1)  # (B, D) or (B, 1)
+    num = (w * xm).sum(dim=1)
     if normalize:
-        num = num / torch.where(denom > 0, denom, torch.ones_like(denom)).unsqueeze(-1)
-    return num.to(x.dtype), denom
+        num = num / torch.where(denom > 0, denom, torch.ones_like(denom))
+    return num.to(x.dtype), denom if per_class else denom.squeeze(-1)
 
 
 # ------------------------------------------------------------------------ certified_margin
@@ -115,15 +125,19 @@ def certified_margin(
     """
     acc = opmath_dtype(z.dtype)
     B, M, C = z.shape
-    zf = z.to(acc)
     maskf = torch.ones(B, M, dtype=acc, device=z.device) if mask is None else mask.to(acc)
+    # Absent modalities are never read; a row with a non-finite present score gets no
+    # certificate (radius and margin NaN, runner_up -1).
+    zf = z.to(acc) if mask is None else torch.where(mask.unsqueeze(-1), z.to(acc), 0.0)
+    bad = ~torch.isfinite(zf).all(dim=2).all(dim=1)  # (B,)
     if C == 1:
         inf = torch.full((B,), math.inf, dtype=acc, device=z.device)
-        return inf, torch.zeros(B, dtype=acc, device=z.device), torch.full_like(target, -1)
+        return _no_certificate(bad, inf, torch.zeros(B, dtype=acc, device=z.device),
+                               torch.full_like(target, -1))
     rivals = _rival_indices(target, C)  # (B, C-1)
     zy = zf.gather(2, target.view(B, 1, 1).expand(B, M, 1))  # (B, M, 1)
     zk = zf.gather(2, rivals.unsqueeze(1).expand(B, M, C - 1))  # (B, M, C-1)
-    margin = (maskf.unsqueeze(-1) * (zy - zk)).sum(dim=1)  # (B, C-1)
+    margin = (zy - zk).sum(dim=1)  # (B, C-1)
     if bias is not None:
         b = bias.to(acc)
         margin = margin + (b[target].unsqueeze(-1) - b[rivals])
@@ -141,13 +155,21 @@ def certified_margin(
     if rival == "min":
         j = r.argmin(dim=1, keepdim=True)
     elif rival == "top":
-        h = (maskf.unsqueeze(-1) * zf).sum(dim=1)
+        h = zf.sum(dim=1)
         if bias is not None:
             h = h + bias.to(acc)
         j = h.gather(1, rivals).argmax(dim=1, keepdim=True)
     else:
         raise ValueError(f"rival must be 'min' or 'top', got {rival!r}")
-    return r.gather(1, j).squeeze(1), margin.gather(1, j).squeeze(1), rivals.gather(1, j).squeeze(1)
+    return _no_certificate(bad, r.gather(1, j).squeeze(1), margin.gather(1, j).squeeze(1),
+                           rivals.gather(1, j).squeeze(1))
+
+
+def _no_certificate(bad: Tensor, radius: Tensor, margin: Tensor, runner_up: Tensor):
+    """Rows flagged ``bad`` get radius NaN, margin NaN, runner_up -1."""
+    nan = torch.full_like(radius, math.nan)
+    return (torch.where(bad, nan, radius), torch.where(bad, nan, margin),
+            torch.where(bad, torch.full_like(runner_up, -1), runner_up))
 
 
 # ------------------------------------------------------------------ noisy_modality_dropout
@@ -178,16 +200,24 @@ def philox_uniform(r: Tensor) -> Tensor:
     return (r >> 8).to(torch.float32) * (2.0**-24) + 2.0**-25
 
 
-def philox_noise_counters(block: Tensor, offset: int):
+def _offset_words(offset: int | Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Counter words 2 and 3 (offset lo, hi) shaped like ``like``; ``offset`` is an int or a
+    0-d int64 tensor (read on its device: no host sync)."""
+    if isinstance(offset, Tensor):
+        o = offset.to(torch.int64).expand(like.shape)
+        return o & _M32, (o >> 32) & _M32
+    return torch.full_like(like, offset & _M32), torch.full_like(like, (offset >> 32) & _M32)
+
+
+def philox_noise_counters(block: Tensor, offset: int | Tensor):
     """Counters of the element-noise stream: block i = element index // 4."""
-    return (block & _M32, (block >> 32) & 0x7FFFFFFF, torch.full_like(block, offset & _M32),
-            torch.full_like(block, (offset >> 32) & _M32))
+    return (block & _M32, (block >> 32) & 0x7FFFFFFF, *_offset_words(offset, block))
 
 
-def philox_sample_counters(row: Tensor, offset: int):
+def philox_sample_counters(row: Tensor, offset: int | Tensor):
     """Counters of the per-sample stream (keep draw, sigma-level draw) for row b."""
     return (row & _M32, ((row >> 32) & 0x7FFFFFFF) | SAMPLE_STREAM_BIT,
-            torch.full_like(row, offset & _M32), torch.full_like(row, (offset >> 32) & _M32))
+            *_offset_words(offset, row))
 
 
 def _box_muller(u0: Tensor, u1: Tensor) -> tuple[Tensor, Tensor]:
@@ -196,7 +226,7 @@ def _box_muller(u0: Tensor, u1: Tensor) -> tuple[Tensor, Tensor]:
     return radius * torch.cos(theta), radius * torch.sin(theta)
 
 
-def _standard_normal(numel: int, seed: int, offset: int, device) -> Tensor:
+def _standard_normal(numel: int, seed: int, offset: int | Tensor, device) -> Tensor:
     """Element e's N(0, 1) draw is lane e % 4 of Philox block e // 4 (Box-Muller on lane pairs)."""
     blocks = torch.arange((numel + 3) // 4, device=device, dtype=torch.int64)
     r = philox4x32(philox_noise_counters(blocks, offset), seed)
@@ -212,12 +242,14 @@ def noisy_modality_dropout(
     sigma: Tensor,
     sigma_levels: bool,
     seed: int,
-    offset: int,
+    offset: int | Tensor,
     fill: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """y_b = keep_b ? x_b + sigma_b n_b : fill, with keep_b = (u_b >= p_drop_b).
 
-    p_drop (B,) float32; sigma (B,) per sample, or (K,) levels drawn uniformly per sample.
+    p_drop (B,) float32; sigma (B,) per sample, or (K,) levels drawn uniformly per sample;
+    offset an int or a 0-d int64 tensor. Dropped samples are ``fill`` (x is not read there:
+    NaN in a dropped sample reaches neither y nor the gradient).
     """
     B = x.shape[0]
     rows = torch.arange(B, device=x.device, dtype=torch.int64)
@@ -240,13 +272,16 @@ def noisy_modality_dropout(
 
 # ---------------------------------------------------------------------------- subset ops
 def _subset_scores(z, subsets, weight, present) -> Tensor:
-    """(S, B, C) opmath fused scores of every subset."""
+    """(S, B, C) opmath fused scores of every subset (a modality outside the subset or absent
+    is never read)."""
     acc = opmath_dtype(z.dtype)
     B, M, _ = z.shape
     pres = torch.ones(B, M, dtype=torch.bool, device=z.device) if present is None else present
     w = _expand_weight(weight, pres, acc)  # (B, M)
     ws = subsets.to(acc)[:, None, :] * w[None]  # (S, B, M)
-    num = torch.einsum("sbm,bmc->sbc", ws, z.to(acc))
+    used = subsets[:, None, :] & pres[None]  # (S, B, M)
+    zs = torch.where(used.unsqueeze(-1), z.to(acc).unsqueeze(0), 0.0)  # (S, B, M, C)
+    num = (ws.unsqueeze(-1) * zs).sum(dim=2)
     den = ws.sum(-1, keepdim=True)
     return num / torch.where(den > 0, den, torch.ones_like(den))
 
@@ -262,9 +297,11 @@ def subset_correct(
     z: Tensor, target: Tensor, subsets: Tensor, weight: Tensor | None = None,
     present: Tensor | None = None,
 ) -> Tensor:
-    """(S,) int64: rows whose fused argmax (lowest index on ties) equals the target."""
+    """(S,) int64: rows whose fused argmax (lowest index on ties) equals the target; a row
+    whose fused scores contain NaN counts as wrong."""
     scores = _subset_scores(z, subsets, weight, present)
-    return (scores.argmax(dim=-1) == target[None]).sum(dim=1)
+    hit = (scores.argmax(dim=-1) == target[None]) & ~scores.isnan().any(dim=-1)  # NaN: wrong
+    return hit.sum(dim=1)
 
 
 def subset_accuracy(

@@ -19,8 +19,9 @@ from mmfast.ops.reference import all_subsets, opmath_dtype
 __all__ = ["subset_logits", "subset_accuracy"]
 
 
-def _arguments(op: str, z, subsets, weight, present):
-    """Validated (z, subsets, weight (B, M) opmath or None, present or None)."""
+def _arguments(op: str, z, subsets, weight, present, backend):
+    """Validated (z, subsets, weight (B, M) opmath or None, present or None, backend name,
+    whether to check values)."""
     _validate.floating(op, "z", z, ("B", "M", "C"))
     B, M, _ = z.shape
     _validate.modality_count(op, "z", M)
@@ -31,8 +32,10 @@ def _arguments(op: str, z, subsets, weight, present):
     if present is not None:
         _validate.boolean(op, "present", present, (B, M), device=z.device)
         present = present.contiguous()
-    w = _validate.modality_weight(op, weight, B, M, z.device, opmath_dtype(z.dtype))
-    return z, subsets.contiguous(), w, present
+    name = choose_backend(op, z.device, backend, z.shape)
+    check = _validate.value_checks(name)
+    w = _validate.modality_weight(op, weight, B, M, z.device, opmath_dtype(z.dtype), check)
+    return z, subsets.contiguous(), w, present, name, check
 
 
 def subset_logits(
@@ -55,10 +58,10 @@ def subset_logits(
             gradient, the differentiable reference is used.
     """
     op = "subset_logits"
-    z, subsets, w, present = _arguments(op, z, subsets, weight, present)
+    z, subsets, w, present, name, _ = _arguments(op, z, subsets, weight, present, backend)
     wants_grad = z.requires_grad or (w is not None and w.requires_grad)
-    needs_grad = torch.is_grad_enabled() and wants_grad
-    name = "reference" if needs_grad else choose_backend(op, z.device, backend, z.shape)
+    if torch.is_grad_enabled() and wants_grad:
+        name = "reference"
     if name == "reference":
         return reference.subset_logits(z, subsets, w, present)
     return _registry.call(op, name, z.contiguous(), subsets, w, present)
@@ -76,15 +79,16 @@ def subset_accuracy(
     """Accuracy (S,) float32 of the fused prediction of every modality subset.
 
     Ties go to the lowest class index (as torch.argmax); a subset with nothing present scores
-    all classes 0 and so predicts class 0. An empty batch gives NaN. Arguments as for
+    all classes 0 and so predicts class 0; a row whose fused scores contain NaN counts as
+    wrong. An empty batch gives NaN. Arguments as for
     :func:`subset_logits`, plus target (B,) int64 labels.
     """
     op = "subset_accuracy"
-    z, subsets, w, present = _arguments(op, z, subsets, weight, present)
+    z, subsets, w, present, name, check = _arguments(op, z, subsets, weight, present, backend)
     B, _, C = z.shape
     _validate.tensor(op, "target", target, dims=(B,), dtypes=(torch.int64,), device=z.device)
-    _validate.index_range(op, "target", target, C)
-    name = choose_backend(op, z.device, backend, z.shape)
+    if check:
+        _validate.index_range(op, "target", target, C)
     with torch.no_grad():
         if name == "reference":
             correct = reference.subset_correct(z, target, subsets, w, present)

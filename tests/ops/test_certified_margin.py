@@ -191,8 +191,13 @@ def test_opcheck(backend, device):
         (dict(target=torch.tensor([0, 1, 7])), ValueError,
          r"'target' expected values in \[0, 5\), got values in \[0, 7\]"),
         (dict(target=torch.tensor([0.0, 1.0, 2.0])), TypeError, r"'target' expected dtype torch.int64"),
-        (dict(lip=torch.ones(3, 5)), ValueError, r"'lip' expected shape \(2,\) or \(2, 5, 5\), got \(3, 5\)"),
-        (dict(lip=-torch.ones(2)), ValueError, r"'lip' expected non-negative values"),
+        (dict(lip=torch.ones(3, 5)), ValueError,
+         r"'lip' expected shape \(2,\), \(2, 5\) or \(2, 5, 5\), got \(3, 5\)"),
+        (dict(lip=-torch.ones(2)), ValueError, r"'lip' expected finite non-negative values"),
+        (dict(lip=torch.tensor([1.0, math.nan])), ValueError,
+         r"'lip' expected finite non-negative values, got nan"),
+        (dict(lip=torch.full((2, 5), math.inf)), ValueError,
+         r"'lip' expected finite non-negative values, got inf"),
         (dict(z=torch.randn(3, 5)), ValueError, r"'z' expected shape \(B, M, C\), got \(3, 5\)"),
         (dict(mask=torch.ones(3, 2)), TypeError, r"'mask' expected dtype torch.bool"),
         (dict(bias=torch.ones(4)), ValueError, r"'bias' expected shape \(5,\), got \(4,\)"),
@@ -200,9 +205,14 @@ def test_opcheck(backend, device):
         (dict(rival="max"), ValueError, r"'rival' expected one of"),
     ],
 )
-def test_bad_input_errors(change, exc, match):
+@pytest.mark.parametrize("mode", ["reference", "MMFAST_CHECK=1"])
+def test_bad_input_errors(change, exc, match, mode, monkeypatch):
     args = dict(z=torch.randn(3, 2, 5), target=torch.tensor([0, 1, 2]), lip=torch.ones(2),
                 mask=None, bias=None, p=2.0, rival="min")
+    if mode == "reference":
+        args["backend"] = "reference"
+    else:
+        monkeypatch.setenv("MMFAST_CHECK", "1")
     args.update(change)
     with pytest.raises(exc, match=match):
         certified_margin(**args)

@@ -175,14 +175,25 @@ def test_explicit_unavailable_backend_fails_loudly():
         (lambda: (torch.randn(3, 2, 4), torch.ones(3, 2), None),
          TypeError, r"'mask' expected dtype torch.bool, got torch.float32"),
         (lambda: (torch.randn(3, 2, 4), torch.ones(3, 2, dtype=torch.bool), torch.tensor([1.0, -1.0])),
-         ValueError, r"'weight' expected non-negative values, got minimum -1"),
+         ValueError, r"'weight' expected finite non-negative values, got minimum -1"),
+        (lambda: (torch.randn(3, 2, 4), torch.ones(3, 2, dtype=torch.bool),
+                  torch.tensor([1.0, float("nan")])),
+         ValueError, r"'weight' expected finite non-negative values, got nan"),
+        (lambda: (torch.randn(3, 2, 4), torch.ones(3, 2, dtype=torch.bool),
+                  torch.full((2, 4), -1.0)),
+         ValueError, r"'weight' expected finite non-negative values, got minimum -1"),
         (lambda: (torch.randn(3, 2, 4), torch.ones(3, 2, dtype=torch.bool), torch.ones(3)),
-         ValueError, r"'weight' expected shape \(2,\) or \(3, 2\), got \(3,\)"),
+         ValueError, r"'weight' expected shape \(2,\) or \(3, 2\) per modality, or \(2, 4\) "
+                     r"or \(3, 2, 4\) per class, got \(3,\)"),
         (lambda: (torch.randn(3, 9, 4), torch.ones(3, 9, dtype=torch.bool), None),
          ValueError, r"'x' expected 1..8 modalities, got 9"),
     ],
 )
-def test_bad_input_errors(make, exc, match):
+@pytest.mark.parametrize("mode", ["reference", "MMFAST_CHECK=1"])
+def test_bad_input_errors(make, exc, match, mode, monkeypatch):
     x, mask, weight = make()
+    backend = "reference" if mode == "reference" else None
+    if backend is None:
+        monkeypatch.setenv("MMFAST_CHECK", "1")
     with pytest.raises(exc, match=match):
-        masked_fusion(x, mask, weight)
+        masked_fusion(x, mask, weight, backend=backend)

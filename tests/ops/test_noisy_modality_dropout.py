@@ -112,11 +112,10 @@ def test_opcheck(backend, device):
     op = getattr(torch.ops.mmfast, OP + ("_triton" if backend == "triton" else ""))
     x = torch.randn(6, 5, device=dev, requires_grad=True)
     p = torch.full((6,), 0.3, device=dev)
-    # the C++ op reads offset from a 0-d int64 tensor (BRIEF contract 1); Triton takes the int
-    off = 1 if backend == "triton" else torch.tensor(1, device=dev)
-    torch.library.opcheck(op, (x, p, torch.full((6,), 0.2, device=dev), False, 3, off, 0.0))
-    torch.library.opcheck(op, (x.detach(), p, torch.tensor([0.1, 0.2], device=dev), True, 3, off,
-                               0.0))
+    offset = torch.tensor(1, device=dev)
+    torch.library.opcheck(op, (x, p, torch.full((6,), 0.2, device=dev), False, 3, offset, 0.0))
+    torch.library.opcheck(op, (x.detach(), p, torch.tensor([0.1, 0.2], device=dev), True, 3,
+                               offset, 0.0))
 
 
 def test_modality_noise_dropout_keeps_at_least_one():
@@ -146,7 +145,13 @@ def test_modality_noise_dropout_keeps_at_least_one():
         (dict(p_drop=1.5), ValueError, r"'p_drop' expected a probability in \[0, 1\], got 1.5"),
         (dict(p_drop=torch.full((4,), -0.1)), ValueError, r"'p_drop' expected probabilities"),
         (dict(p_drop=torch.full((3,), 0.1)), ValueError, r"'p_drop' expected shape \(4,\), got \(3,\)"),
-        (dict(sigma=-1.0), ValueError, r"'sigma' expected non-negative values"),
+        (dict(sigma=-1.0), ValueError, r"'sigma' expected finite non-negative values"),
+        (dict(sigma=math.nan), ValueError, r"'sigma' expected finite non-negative values, got nan"),
+        (dict(sigma=torch.full((4,), math.inf)), ValueError,
+         r"'sigma' expected finite non-negative values, got inf"),
+        (dict(sigma=[0.1, -0.5]), ValueError, r"'sigma' expected finite non-negative values"),
+        (dict(offset=torch.tensor(1.0)), TypeError, r"'offset' expected dtype torch.int64"),
+        (dict(offset=torch.tensor([1])), ValueError, r"'offset' expected shape \(\)"),
         (dict(sigma=torch.ones(4, 2)), ValueError, r"'sigma' expected a number"),
         (dict(sigma=[]), ValueError, r"'sigma' expected at least one level"),
         (dict(seed=-1), ValueError, r"'seed' expected an int in \[0, 2\*\*63\)"),
@@ -154,8 +159,15 @@ def test_modality_noise_dropout_keeps_at_least_one():
         (dict(sigma_mode="gauss"), ValueError, r"'sigma_mode' expected one of"),
     ],
 )
-def test_bad_input_errors(kwargs, exc, match):
+@pytest.mark.parametrize("mode", ["reference", "MMFAST_CHECK=1"])
+def test_bad_input_errors(kwargs, exc, match, mode, monkeypatch):
+    """Value checks run in the wrapper for the reference backend and with MMFAST_CHECK=1 (the
+    kernels' own checks: tests/ops/test_nonfinite.py)."""
     args = dict(x=torch.randn(4, 3), p_drop=0.2, sigma=0.1)
+    if mode == "reference":
+        args["backend"] = "reference"
+    else:
+        monkeypatch.setenv("MMFAST_CHECK", "1")
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         noisy_modality_dropout(**args)

@@ -128,11 +128,18 @@ def test_gradient_through_subset_logits_uses_reference():
         (dict(target=torch.tensor([0])), ValueError, r"'target' expected shape \(2,\), got \(1,\)"),
         (dict(present=torch.ones(2, 2, dtype=torch.bool)), ValueError,
          r"'present' expected shape \(2, 3\), got \(2, 2\)"),
-        (dict(weight=-torch.ones(3)), ValueError, r"'weight' expected non-negative"),
+        (dict(weight=-torch.ones(3)), ValueError, r"'weight' expected finite non-negative"),
+        (dict(weight=torch.full((3,), float("inf"))), ValueError,
+         r"'weight' expected finite non-negative values, got inf"),
     ],
 )
-def test_bad_input_errors(kwargs, exc, match):
+@pytest.mark.parametrize("mode", ["reference", "MMFAST_CHECK=1"])
+def test_bad_input_errors(kwargs, exc, match, mode, monkeypatch):
     args = dict(z=torch.randn(2, 3, 4), target=torch.tensor([0, 1]))
+    if mode == "reference":
+        args["backend"] = "reference"
+    else:
+        monkeypatch.setenv("MMFAST_CHECK", "1")
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         subset_accuracy(**args)
