@@ -73,7 +73,8 @@ class SmoothingConfig:
     samples: int | None = None
     draw_batch: int = 1024
     amp: bool = False
-    radii: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+    # sigma Phi^-1(alpha^(1/n)) caps the radius: 0.18 at sigma 0.12, n = 100; 0.46 at n = 1e5
+    radii: tuple[float, ...] = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
     patterns: bool = True
 
     def __post_init__(self) -> None:

@@ -12,6 +12,13 @@ Choices where Cohen et al. are unspecific for multi-modal inputs: one sigma per 
 (default 0.12 for each, Cohen's smallest level, equal to the smoothing protocol's default), noise
 on every sample and step (no clean fraction), absent modalities noised too (the model ignores
 them by contract).
+
+Finding (avdigits, demo budget: small preset, 15 epochs, 2026-12-01; smoothing sigma 0.12,
+n0 = 8, n = 100, alpha = 0.001 on 32 seeded test rows): clean accuracy 0.535 (CRMT 0.765),
+smoothed certified accuracy 0.44 / 0.25 at l2 radius 0.05 / 0.1 (CRMT smoothed 0.41 / 0.34,
+CRMT's sound spectral Lipschitz certificate 0 / 0 on the same rows). Under the noise the
+model trains slowly on this budget (val accuracy 0.10 -> 0.45 by epoch 9, 0.52 at epoch 15);
+plain late fusion at the same budget was not measured here.
 """
 
 from __future__ import annotations
