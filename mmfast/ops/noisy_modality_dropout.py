@@ -8,7 +8,6 @@ offset) alone, with no generator state, and every backend draws the same numbers
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -241,19 +240,7 @@ def _noisy_modality_dropout_triton(
     fill: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     launcher = _registry.triton_launcher(OP, "forward")
-    if _takes_int_offset(launcher):  # a launcher from before contract 1 (reads a Python int)
-        offset = int(offset)
     return launcher(x, p_drop, sigma, sigma_levels, seed, offset, fill)
-
-
-def _takes_int_offset(launcher) -> bool:
-    """Whether the Triton launcher annotates ``offset`` as a Python int (it then needs the
-    value on the host; launchers following BRIEF contract 1 take the 0-d tensor)."""
-    try:
-        annotation = inspect.signature(launcher).parameters["offset"].annotation
-    except (KeyError, TypeError, ValueError):
-        return False
-    return annotation in (int, "int")
 
 
 def _fake(x, p_drop, sigma, sigma_levels, seed, offset, fill):

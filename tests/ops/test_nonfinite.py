@@ -22,17 +22,13 @@ from mmfast import ops
 from tests.ops.helpers import require
 
 NAN, INF = math.nan, math.inf
-#: kernels that do not follow the contract yet in this branch (their side lands with the
-#: cpukern / gpu branches)
-PENDING = pytest.mark.xfail(strict=False, reason="kernel side lands with the cpukern/gpu branch")
 CASES = [("reference", "cpu"), ("cpp", "cpu"), ("triton", "cpu"), ("cuda", "cuda"),
          ("triton", "cuda")]
 
 
-def backends(*pending: str):
-    """Every backend x device; ``pending`` ("cpp", "triton", "cuda") marked PENDING."""
-    return [pytest.param(b, d, id=f"{b}-{d}", marks=[PENDING] if b in pending else [])
-            for b, d in CASES]
+def backends():
+    """Every backend x device (each follows the contract: no expected failures)."""
+    return [pytest.param(b, d, id=f"{b}-{d}") for b, d in CASES]
 
 
 def raises_in_wrapper_or_kernel(backend: str) -> bool:
@@ -41,7 +37,7 @@ def raises_in_wrapper_or_kernel(backend: str) -> bool:
 
 
 # ------------------------------------------------------------------------ absent modalities
-@pytest.mark.parametrize("backend,device", backends("cpp", "triton", "cuda"))
+@pytest.mark.parametrize("backend,device", backends())
 @pytest.mark.parametrize("bad", [NAN, INF, -INF])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_masked_fusion_never_reads_absent_modalities(backend, device, bad, weighted):
@@ -61,7 +57,7 @@ def test_masked_fusion_never_reads_absent_modalities(backend, device, bad, weigh
     assert torch.all(grads[0][~mask] == 0)
 
 
-@pytest.mark.parametrize("backend,device", backends("cpp", "triton", "cuda"))
+@pytest.mark.parametrize("backend,device", backends())
 @pytest.mark.parametrize("rival", ["min", "top"])
 def test_certified_margin_never_reads_absent_modalities(backend, device, rival):
     dev = require("certified_margin", backend, device)
@@ -82,7 +78,7 @@ def test_certified_margin_never_reads_absent_modalities(backend, device, rival):
     assert torch.isfinite(grad).all() and torch.all(grad[~mask] == 0)
 
 
-@pytest.mark.parametrize("backend,device", backends("cpp", "triton", "cuda"))
+@pytest.mark.parametrize("backend,device", backends())
 def test_subset_accuracy_never_reads_absent_modalities(backend, device):
     dev = require("subset_accuracy", backend, device)
     B, M, C = 40, 3, 4
@@ -96,7 +92,7 @@ def test_subset_accuracy_never_reads_absent_modalities(backend, device):
 
 
 # ---------------------------------------------------------------- non-finite present scores
-@pytest.mark.parametrize("backend,device", backends("cpp", "triton", "cuda"))
+@pytest.mark.parametrize("backend,device", backends())
 @pytest.mark.parametrize("bad", [NAN, INF, -INF])
 @pytest.mark.parametrize("rival", ["min", "top"])
 def test_certified_margin_row_with_nonfinite_score_gets_no_certificate(backend, device, bad,
@@ -118,7 +114,7 @@ def test_certified_margin_row_with_nonfinite_score_gets_no_certificate(backend, 
     assert ops.certified_accuracy(got.radius, [0.0])[0] <= 0.5  # NaN rows never count
 
 
-@pytest.mark.parametrize("backend,device", backends("cpp", "triton", "cuda"))
+@pytest.mark.parametrize("backend,device", backends())
 def test_subset_accuracy_row_with_nan_scores_counts_as_wrong(backend, device):
     dev = require("subset_accuracy", backend, device)
     B, M, C = 3, 2, 4
@@ -165,7 +161,7 @@ def _bad_value(backend: str, call, poisoned, match: str) -> None:
         assert poisoned(call())
 
 
-@pytest.mark.parametrize("backend,device", backends("cpp", "triton", "cuda"))
+@pytest.mark.parametrize("backend,device", backends())
 @pytest.mark.parametrize("bad", [NAN, INF])
 def test_certified_margin_nonfinite_lip(backend, device, bad):
     dev = require("certified_margin", backend, device)
@@ -178,7 +174,7 @@ def test_certified_margin_nonfinite_lip(backend, device, bad):
                r"certified_margin: argument 'lip' expected finite non-negative values")
 
 
-@pytest.mark.parametrize("backend,device", backends("cpp", "triton", "cuda"))
+@pytest.mark.parametrize("backend,device", backends())
 @pytest.mark.parametrize("bad", [NAN, INF, -1.0])
 def test_masked_fusion_bad_weight(backend, device, bad):
     dev = require("masked_fusion", backend, device)
@@ -189,7 +185,7 @@ def test_masked_fusion_bad_weight(backend, device, bad):
                r"masked_fusion: argument 'weight' expected (finite )?non-negative values")
 
 
-@pytest.mark.parametrize("backend,device", backends("cpp", "triton", "cuda"))
+@pytest.mark.parametrize("backend,device", backends())
 @pytest.mark.parametrize("bad", [NAN, INF])
 def test_noisy_dropout_nonfinite_sigma_tensor(backend, device, bad):
     dev = require("noisy_modality_dropout", backend, device)
@@ -200,7 +196,7 @@ def test_noisy_dropout_nonfinite_sigma_tensor(backend, device, bad):
                r"noisy_modality_dropout: argument 'sigma' expected finite non-negative values")
 
 
-@pytest.mark.parametrize("backend,device", backends("cpp", "triton", "cuda"))
+@pytest.mark.parametrize("backend,device", backends())
 def test_target_out_of_range(backend, device):
     dev = require("certified_margin", backend, device)
     z = torch.randn(3, 2, 4, device=dev)
