@@ -162,7 +162,7 @@ def test_gpu_check_script_is_valid_bash_and_names_real_paths():
     commands = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     paths = set(re.findall(r"\b((?:tests|benchmarks)/[\w/]+(?:\.py)?)(?=[\s\"])", commands))
     paths.add("setup.py")
-    assert {"tests/ops", "benchmarks/summarize.py"} <= paths
+    assert {"tests/gpu", "benchmarks/summarize.py"} <= paths
     missing = [p for p in sorted(paths) if not (REPO / p).exists()]
     assert not missing, missing
     assert "--auto-order" in text and "cuda=yes" in text

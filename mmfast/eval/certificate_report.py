@@ -39,14 +39,15 @@ def plot_smoothing(results: Results, path: Path) -> Path | None:
     if not data:
         return None
     names = list(next(iter(data.values()))["per_modality"])
+    colors = plots.method_colors(list(results))  # each method's colour in every plot
     fig, axes = plots._grid(1 + len(names), "Smoothing: certified accuracy vs l2 radius "
                             "(panel: attacked modalities)")
     for i, (method, r) in enumerate(data.items()):
-        style = plots._style(i)
+        style = plots._style(i, colors[method])
         axes[0].plot(r["radii"], r["joint_l2"]["certified_accuracy"], label=method, **style)
         for name, est in (r.get("lipschitz_same_rows") or {}).items():
             if isinstance(est, Mapping) and est.get("kind") == "sound":
-                axes[0].plot(r["radii"], est["certified_accuracy"], ":", color="gray",
+                axes[0].plot(r["radii"], est["certified_accuracy"], ":", color=colors[method],
                              label=f"{method} [Lipschitz {name}]", marker=style["marker"],
                              markersize=3)
         for ax, m in zip(axes[1:], names):
@@ -66,13 +67,15 @@ def plot_missing_certificate(results: Results, path: Path) -> Path | None:
     data = protocol_results(results, "missing_certificate")
     if not data:
         return None
+    colors = plots.method_colors(list(results))
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for i, (method, r) in enumerate(data.items()):
-        ax.plot(r["k"], r["certified_accuracy"], label=method, **plots._style(i))
+        ax.plot(r["k"], r["certified_accuracy"], label=method,
+                **plots._style(i, colors[method]))
         combined = (results[method].get("smoothing") or {}).get("missing") or {}
         if "certified_accuracy" in combined:
             ax.plot(combined["k"], [row[0] for row in combined["certified_accuracy"]], "--",
-                    label=f"{method} [smoothed, r = 0]", **plots._style(i))
+                    label=f"{method} [smoothed, r = 0]", **plots._style(i, colors[method]))
     ax.set_xlabel("k = modalities that may be missing")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(-0.02, 1.02)

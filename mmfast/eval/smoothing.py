@@ -30,7 +30,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
 import torch
-from scipy import stats
 from torch import Tensor, nn
 
 from mmfast import ops
@@ -124,6 +123,8 @@ def smoothing_config(cfg: EvalConfig) -> SmoothingConfig:
 def clopper_pearson_lower(successes: Tensor, trials: int, alpha: float) -> Tensor:
     """One-sided (1 - alpha) Clopper-Pearson lower bound on a binomial proportion, float64."""
     k = successes.double().cpu().numpy()
+    from scipy import stats  # the data extra's package, imported when a bound is computed
+
     lower = stats.beta.ppf(alpha, k, trials - k + 1)
     return torch.from_numpy(lower).nan_to_num(0.0).where(torch.from_numpy(k) > 0,
                                                            torch.tensor(0.0, dtype=torch.float64))

@@ -157,7 +157,9 @@ class JointVariant(JointTraining):
 
 
 def _static_weights(head: nn.Module, args) -> None:
+    """Weights 1: no dynamic quality weights, and no reliance (bias) correction of them."""
     head.dynamic.fill_(False)
+    head.reliance.fill_(1.0)
 
 
 @register_method("udml_static")

@@ -226,7 +226,11 @@ def test_every_metric_reads_the_protocols_real_output():
     runs = {m: seeds for m in claim_methods()}  # every method the same: d = 0 everywhere
     assert preferred_modality(seeds[0]) in seeds[0]["attack"]["budgets"]
     rows = check_claims(runs)
-    assert {r.verdict.status for r in rows} == {"within noise"}  # none "not evaluated"
+    assert "not evaluated" not in {r.verdict.status for r in rows}
+    # Claims comparing two readings of the same runs (smoothing vs Lipschitz certificates)
+    # can differ; every other row compares equal runs: d = 0.
+    same = [r for r in rows if not r.claim.source.startswith("Cohen")]
+    assert {r.verdict.status for r in same} == {"within noise"}
     radius_rows = [r for r in rows if "certified accuracy at radius" in r.metric]
     assert {r.metric.split(" (")[0] for r in radius_rows} == {
         "certified accuracy at radius 0.1", "certified accuracy at radius 0.2"}

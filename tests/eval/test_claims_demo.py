@@ -25,13 +25,14 @@ def test_seed_runs_are_seed_major_and_keep_one_seed_in_the_old_folder():
 def test_demo_cli_passes_seeds(monkeypatch, tmp_path):
     seen = {}
 
-    def fake_run_demo(out, preset, methods, data, device, eval_cfg, seeds=1, jobs=1):
-        seen.update(seeds=seeds, jobs=jobs)
+    def fake_run_demo(out, preset, methods, data, device, eval_cfg, force=False, seeds=1,
+                      jobs=1):
+        seen.update(seeds=seeds, jobs=jobs, force=force)
         return Path(out) / "report.md"
 
     monkeypatch.setattr(demo, "run_demo", fake_run_demo)
     assert cli.main(["demo", "--out", str(tmp_path), "--seeds", "3", "--device", "cpu"]) == 0
-    assert seen == {"seeds": 3, "jobs": "auto"}
+    assert seen == {"seeds": 3, "jobs": "auto", "force": False}
 
 
 def test_resolve_jobs(monkeypatch):
@@ -50,7 +51,7 @@ def test_demo_with_two_seeds_in_two_processes_trains_each_method_twice(
     splits = {"train": synthetic_split(48, seed=0), "val": synthetic_split(16, seed=1),
               "test": synthetic_split(24, seed=2)}
     monkeypatch.setattr(demo, "_ensure_data", lambda root, spec, clock: None)
-    monkeypatch.setattr(demo, "_load_splits", lambda root, clock: splits)
+    monkeypatch.setattr(demo, "_load_splits", lambda root, clock: (splits, {"splits": {}}))
     eval_cfg = EvalConfig(protocols=("missing_subsets",), batch_size=64)
     lines: list[str] = []
     report = demo.run_demo(tmp_path, "small", ["ume_mma", "ume"], device="cpu",

@@ -132,12 +132,18 @@ def test_each_method_has_one_colour_in_every_plot(runs_root, tmp_path, monkeypat
                 assert seen == {expected[method]}, (name, method, seen)
 
 
-def test_eval_and_demo_clamp_attacks_the_same_way():
+def test_eval_and_demo_clamp_attacks_the_same_way(tmp_path, monkeypatch):
     from mmfast.demo import register as register_demo
     from mmfast.eval.adversarial import PIXEL_CLAMP
     from mmfast.eval.cli import eval_config_from_args
     from mmfast.eval.cli import register as register_eval
 
+    # the CLI checks paths at parse time: a run folder with a model, a dataset with a manifest
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "model.pt").write_bytes(b"")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "manifest.csv").write_text("id,label,split\n")
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     register_eval(sub)
