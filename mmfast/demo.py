@@ -75,7 +75,7 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
     that many times (seeds TrainConfig.seed + 0, 1, ...; runs/<method>/seed<k>/) for the
     report's mean +- sd and the claims' verdicts; one seed gives only indicative claims.
     ``jobs``: trainings run at once (``resolve_jobs``; "auto" = one per CPU core on CPU)."""
-    from mmfast.eval.common import EvalConfig
+    from mmfast.eval.common import EvalConfig, protocol_count
     from mmfast.eval.protocols import evaluate_run
     from mmfast.eval.report import write_report
     from mmfast.train import TrainConfig, fit_method
@@ -109,7 +109,7 @@ def run_demo(out: str | os.PathLike, preset: str = "small",
             clock.step(f"trained {name}{_seed_label(seed, seeds)} ({stats['num_parameters']:,} "
                        f"parameters, {stats['train_time_s']:.0f} s)")
             evaluate_run(run_dir, model, splits["test"], eval_cfg, method=name,
-                         log=_progress.protocol_log(_protocol_count(eval_cfg), f"eval {name}"))
+                         log=_progress.protocol_log(protocol_count(eval_cfg), f"eval {name}"))
             clock.step(f"evaluated {name}{_seed_label(seed, seeds)}")
     else:
         _run_parallel(tasks, workers, splits, train_cfg, eval_cfg, seeds, clock,
@@ -233,13 +233,6 @@ def _load_splits(root: Path, clock: _Clock) -> tuple[dict, dict]:
         clock.step(f"data: {dataset['problem_count']} file(s) missing, undecodable or "
                    "truncated (listed in provenance.json and the report)")
     return splits, dataset
-
-
-def _protocol_count(eval_cfg) -> int:
-    """How many protocols ``evaluate_run`` will run under ``eval_cfg`` (for its bar)."""
-    from mmfast.eval.common import list_protocols
-
-    return len(eval_cfg.protocols if eval_cfg.protocols is not None else list_protocols())
 
 
 #: The demo folder's provenance file (the report reads it when given the demo folder).

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from mmfast import progress
 from mmfast.cli_args import dataset_folder, run_folder
-from mmfast.eval.common import EVAL_PRESETS, EvalConfig, list_protocols
+from mmfast.eval.common import EVAL_PRESETS, EvalConfig, list_protocols, protocol_count
 from mmfast.eval.protocols import EVAL_FILE, evaluate_run
 
 __all__ = ["register", "eval_config_from_args", "add_eval_arguments"]
@@ -70,7 +71,8 @@ def _run(args: argparse.Namespace) -> int:
         meta_method = _method_of(run)
         print(f"[eval] {run} ({meta_method})")
         with main_process_lock(run):  # not while another process writes the run folder
-            path = evaluate_run(run, model, data, cfg, method=meta_method, log=print,
+            log = progress.protocol_log(protocol_count(cfg), f"eval {meta_method}", echo=print)
+            path = evaluate_run(run, model, data, cfg, method=meta_method, log=log,
                                 extra=facts)
         print(f"[eval] wrote {path}")
     return 0

@@ -66,6 +66,11 @@ def list_protocols() -> list[str]:
     return sorted(PROTOCOLS, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER)))
 
 
+def protocol_count(cfg) -> int:
+    """How many protocols a run under ``cfg`` evaluates (the length of its progress bar)."""
+    return len(cfg.protocols if cfg.protocols is not None else list_protocols())
+
+
 def _tenths() -> tuple[float, ...]:
     return tuple(i / 10 for i in range(11))
 
