@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 
 from mmfast.data.arrays import is_array_ref, row_shape
-from mmfast.data.integrity import TRUNCATED, truncation
+from mmfast.data.integrity import TRUNCATED, quick_check
 from mmfast.data.manifest import Manifest, epoch_order, read_manifest, shard
-from mmfast.data.probe import probe
 from mmfast.data.specs import DataSpec
 from mmfast.nn.model import MODALITIES
 
@@ -107,15 +106,7 @@ class LoaderBase:
 
     def _check(self, modality: str, path: Path, probe_device: str) -> str | None:
         if modality not in self.array_shapes:
-            reason = probe(modality, path, probe_device)
-            if reason is not None:
-                if modality == "image" and "truncated" in reason.lower():
-                    return f"{TRUNCATED} image, never padded ({reason})"
-                return reason
-            try:
-                return truncation(modality, path)
-            except Exception as exc:  # the demuxer failed past the first frame
-                return f"unreadable ({type(exc).__name__}: {exc})"
+            return quick_check(modality, path, probe_device)
         try:
             shape = row_shape(path)
         except Exception as exc:

@@ -199,12 +199,28 @@ def full_check(modality: str, path: str | os.PathLike) -> str | None:
     return None
 
 
+def quick_check(modality: str, path: str | os.PathLike, decode_device: str = "cpu"
+                ) -> str | None:
+    """The loaders' check of an encoded file: the decode probe (exists, opens, first frame,
+    codec decodable on ``decode_device``) plus :func:`truncation`; None when whole."""
+    from mmfast.data.probe import probe
+
+    reason = probe(modality, path, decode_device)
+    if reason is not None:
+        if modality == "image" and "truncated" in reason.lower():
+            return f"{TRUNCATED} image, never padded ({reason})"
+        return reason
+    try:
+        return truncation(modality, path)
+    except Exception as exc:  # the demuxer failed past the first frame
+        return f"unreadable ({type(exc).__name__}: {exc})"
+
+
 def check_file(modality: str, path: str | os.PathLike, *, full: bool = False) -> str | None:
     """One manifest file: None when it exists and decodes whole, else the reason. ``full``
-    decodes everything (:func:`full_check`); otherwise the loaders' probe (header and first
-    frame) plus :func:`truncation`. ``.npy`` rows are checked for existence and shape only."""
+    decodes everything (:func:`full_check`); otherwise :func:`quick_check`. ``.npy`` rows are
+    checked for existence and shape only."""
     from mmfast.data.arrays import is_array_ref, row_shape
-    from mmfast.data.probe import probe
 
     if is_array_ref(path):
         try:
@@ -212,17 +228,7 @@ def check_file(modality: str, path: str | os.PathLike, *, full: bool = False) ->
         except Exception as exc:
             return f"unreadable array ({type(exc).__name__}: {exc})"
         return None
-    if full:
-        return full_check(modality, path)
-    reason = probe(modality, path)
-    if reason is not None:
-        if modality == "image" and "truncated" in reason.lower():
-            return f"{TRUNCATED} image ({reason})"
-        return reason
-    try:
-        return truncation(modality, path)
-    except Exception as exc:
-        return f"unreadable ({type(exc).__name__}: {exc})"
+    return full_check(modality, path) if full else quick_check(modality, path)
 
 
 def scan(manifest, *, full: bool = False, examples: int = 5, progress: bool = False) -> dict:
