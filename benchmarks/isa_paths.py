@@ -8,23 +8,13 @@ certified_margin at the large benchmark shapes, per path, in interleaved rounds.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from steady_loop_masked_fusion import median_ms  # the same median of timed calls
 
 import mmfast._extension  # noqa: F401  (loads the C++ ops)
 
 ORDER = ("default", "avx2", "avx512")
-
-
-def median_ms(fn, calls: int = 7) -> float:
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-        del out
-    return sorted(times)[calls // 2] * 1e3
 
 
 def cases() -> dict:
@@ -58,8 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.rounds):
             for isa in paths:
                 ops._set_cpu_capability(isa)
-                print(f"{isa:8s}", " ".join(f"{k}={median_ms(f):.1f}ms" for k, f in work.items()),
-                      flush=True)
+                timings = " ".join(f"{k}={median_ms(f, 7):.1f}ms" for k, f in work.items())
+                print(f"{isa:8s}", timings, flush=True)
     finally:
         ops._set_cpu_capability(previous)
 
