@@ -55,8 +55,11 @@ MarginArgs<T> margin_args(const at::Tensor& z, const at::Tensor& target, const a
                        static_cast<A>(q)};
 }
 
-// Threads per row: about four rivals per lane, at most a warp.
-int margin_lanes(int64_t C) { return next_power_of_two_at_most_32(ceil_div(C, 4)); }
+// Threads per row: one vector of V rivals per lane (V = 16 bytes of T), at most a warp.
+template <typename T>
+int margin_lanes(int64_t C) {
+  return next_power_of_two_at_most_32(ceil_div(C, margin_classes_per_lane<T>()));
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_margin_cuda(
     const at::Tensor& z, const at::Tensor& target, const at::Tensor& lip,
@@ -74,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> certified_margin_cuda(
   dispatch_float_type(z.scalar_type(), "certified_margin", [&](auto tag) {
     using T = decltype(tag);
     using A = opmath_t<T>;
-    const int lanes = margin_lanes(C);
+    const int lanes = margin_lanes<T>(C);
     const auto stream = c10::cuda::getCurrentCUDAStream();
     auto kernel = top_rival ? certified_margin_forward_kernel<T, true>
                             : certified_margin_forward_kernel<T, false>;

@@ -121,6 +121,25 @@ MMFAST_DEVICE Rival<A> group_best_rival(Rival<A> mine, int lanes) {
   return mine;
 }
 
+// The two values a row's work starts from: its target and its presence bits (zero for a row
+// past the batch). The forward loads the next row's head while it scores the current row.
+struct RowHead {
+  int64_t target;
+  unsigned present;
+};
+
+template <typename T>
+MMFAST_DEVICE RowHead row_head(const MarginArgs<T>& in, int64_t b) {
+  if (b >= in.B) return RowHead{0, 0u};
+  return RowHead{in.target[b], in.present_bits(b)};
+}
+
+// Classes per lane and step of the forward: one 16-byte vector of z per present modality.
+template <typename T>
+__host__ __device__ constexpr int margin_classes_per_lane() {
+  return vector_width<T>();
+}
+
 // kTop = false (rival "min"): k* = first argmin over k != y of r_k, a valid certificate.
 // kTop = true (rival "top"): k* = first argmax over k != y of sum_m mask_m z_mk + bias_k; its
 // denominator is computed once, after the group agrees on k*.
@@ -129,6 +148,14 @@ MMFAST_DEVICE Rival<A> group_best_rival(Rival<A> mine, int lanes) {
 // [0, C) (never used as an index), a non-finite logit among the present modalities' values the
 // row reads, an invalid (NaN, infinite or negative) lip value read. Absent modalities' logits
 // are never read.
+//
+// Latency: the next row's target and mask are loaded before the current row is scored (a
+// software pipeline over the grid-stride loop), so a row waits for one round of loads, not a
+// chain of them: lane l reads the V = margin_classes_per_lane<T>() consecutive classes
+// k0 = l V + step lanes V of every present modality as one 16-byte vector (scalar loads when C
+// or z is not aligned to it), all issued together with the z[:, y] gathers, and scores the V
+// rivals in an unrolled loop. Sums run over m in increasing order as in the reference, so the
+// results do not depend on V or lanes.
 template <typename T, bool kTop>
 __global__ void certified_margin_forward_kernel(MarginArgs<T> in,
                                                 const opmath_t<T>* __restrict__ bias, int lanes,
@@ -136,14 +163,20 @@ __global__ void certified_margin_forward_kernel(MarginArgs<T> in,
                                                 opmath_t<T>* __restrict__ margin,
                                                 int64_t* __restrict__ runner_up) {
   using A = opmath_t<T>;
+  constexpr int V = margin_classes_per_lane<T>();
   const LaneGroup g = LaneGroup::make(lanes);
+  const bool vectorized = in.C % V == 0 && is_aligned(in.z, sizeof(T) * V);
+  const int64_t step = static_cast<int64_t>(lanes) * V;
+  RowHead head = row_head(in, g.first_row);
   for (int64_t b = g.first_row; g.warp_active(b, in.B); b += g.row_step) {
     const bool active = b < in.B;
     const int64_t row = active ? b : 0;  // inactive lanes only join the shuffles
-    const int64_t y_raw = in.target[row];
+    const RowHead next = row_head(in, b + g.row_step);  // prefetch
+    const int64_t y_raw = head.target;
+    const unsigned present = head.present;
+    head = next;
     const bool valid = y_raw >= 0 && y_raw < in.C;
     const int64_t y = valid ? y_raw : 0;
-    const unsigned present = in.present_bits(row);
     bool bad = false;
     A zy[kMaxModalities];
 #pragma unroll
@@ -154,36 +187,61 @@ __global__ void certified_margin_forward_kernel(MarginArgs<T> in,
     const A bias_y = bias == nullptr ? A(0) : bias[y];
     // (M,) lip: one denominator for every rival.
     const A shared_den = in.lip_per_pair ? A(0) : in.dual_norm(present, y, 0, &bad);
+    const T* z_row = in.z + row * in.M * in.C;
 
     Rival<A> best{A(0), -1, A(0), A(0)};
-    for (int64_t k = g.lane; active && valid && k < in.C; k += lanes) {
-      if (k == y) continue;
-      A marg = A(0);
-      A fused = A(0);
+    for (int64_t k0 = static_cast<int64_t>(g.lane) * V; active && valid && k0 < in.C;
+         k0 += step) {
+      const int count = in.C - k0 >= V ? V : static_cast<int>(in.C - k0);
+      A marg[V], fused[V], norm[V];
+#pragma unroll
+      for (int j = 0; j < V; ++j) marg[j] = fused[j] = norm[j] = A(0);
 #pragma unroll
       for (int m = 0; m < kMaxModalities; ++m) {
-        if (m < in.M && (present >> m & 1u)) {
-          const A zk = in.z_at(row, m, k);
-          bad = bad || !is_finite_value(zk);
-          marg += zy[m] - zk;
-          if (kTop) fused += zk;
+        if (m >= in.M) continue;
+        const bool here = present >> m & 1u;
+        if (here) {
+          A zk[V];
+          load_opmath<T, V>(z_row + m * in.C + k0, vectorized, count, zk);
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            if (j < count) bad = bad || !is_finite_value(zk[j]);
+            marg[j] += zy[m] - zk[j];
+            if (kTop) fused[j] += zk[j];
+          }
+        }
+        if (!kTop && in.lip_per_pair) {  // every m: an absent modality's lip is checked too
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            if (j < count && k0 + j != y) {  // lip[m, y, y] is never read, as before
+              const A l = in.lip_at(m, y, k0 + j);
+              bad = bad || !is_valid_scale(l);
+              norm[j] = norm_accumulate(in.kind, norm[j], here ? l : A(0), in.q);
+            }
+          }
         }
       }
-      if (bias != nullptr) {
-        const A bias_k = bias[k];
-        marg += bias_y - bias_k;
-        fused += bias_k;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const int64_t k = k0 + j;
+        if (j >= count || k == y) continue;
+        if (bias != nullptr) {
+          const A bias_k = bias[k];
+          marg[j] += bias_y - bias_k;
+          fused[j] += bias_k;
+        }
+        Rival<A> cand{fused[j], k, marg[j], A(0)};
+        if (!kTop) {
+          const A den = in.lip_per_pair ? norm_finish(in.kind, norm[j], in.q) : shared_den;
+          cand.radius = radius_of(marg[j], den);
+          cand.key = cand.radius;
+        }
+        // Lane-local scan in increasing k: only a strict improvement replaces (first index
+        // wins).
+        const bool wins = best.k < 0 || (kTop ? beats_max(cand.key, best.key)
+                                              : beats_min(cand.key, best.key));
+        if (wins) best = cand;
       }
-      Rival<A> cand{fused, k, marg, A(0)};
-      if (!kTop) {
-        const A den = in.lip_per_pair ? in.dual_norm(present, y, k, &bad) : shared_den;
-        cand.radius = radius_of(marg, den);
-        cand.key = cand.radius;
-      }
-      // Lane-local scan in increasing k: only a strict improvement replaces (first index wins).
-      const bool wins = best.k < 0 || (kTop ? beats_max(cand.key, best.key)
-                                            : beats_min(cand.key, best.key));
-      if (wins) best = cand;
     }
     best = group_best_rival<kTop>(best, lanes);
     bad = group_sum(bad ? 1 : 0, lanes) > 0;  // every lane of the warp takes part

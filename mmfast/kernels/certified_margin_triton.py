@@ -42,7 +42,8 @@ NORM_MAX = tl.constexpr(2)
 NORM_POW = tl.constexpr(3)
 
 # 2-4 tile elements per thread: a chunk keeps ~10 (rows x classes) tensors live, which took
-# ~130 registers at 4 per thread and ~250 at 8 per thread when compiled for sm_90.
+# ~130 registers at 4 per thread and ~250 at 8 per thread when compiled for sm_90. The
+# backward's configs; the forward's add SNUG variants below.
 _GPU_CONFIGS = [
     triton.Config({"TILE": 256, "WIDTH_CAP": 128}, num_warps=2),
     triton.Config({"TILE": 512, "WIDTH_CAP": 128}, num_warps=4),
@@ -50,7 +51,28 @@ _GPU_CONFIGS = [
     triton.Config({"TILE": 1024, "WIDTH_CAP": 128}, num_warps=8),
     triton.Config({"TILE": 1024, "WIDTH_CAP": 256}, num_warps=8),
 ]
+# Forward: SNUG = 0 chunks the classes by the next power of two (C = 10 -> 16 lanes, 6 idle;
+# C = 100 -> 128, 28 idle); SNUG = 1 by the narrower block of _common.snug_width (C = 10 -> 2,
+# C = 100 -> 8: at most 5 % idle lanes, more iterations). Configs at 2 tile elements per thread
+# need fewer registers (sm_90 codegen, fp32: about 80 per thread at 2 elements, 104-141 at 4;
+# tests/kernels/codegen_sm90.py). The autotuner picks per C on the GPU; the first config,
+# 2 elements per thread (80 registers at C = 10 and 100, where the previous default took 136
+# at C = 10), is the default when autotuning is off.
+_FORWARD_GPU_CONFIGS = [
+    triton.Config({"TILE": 512, "WIDTH_CAP": 128, "SNUG": 0}, num_warps=8),
+    triton.Config({"TILE": 256, "WIDTH_CAP": 128, "SNUG": 0}, num_warps=2),
+    triton.Config({"TILE": 512, "WIDTH_CAP": 128, "SNUG": 0}, num_warps=4),
+    triton.Config({"TILE": 1024, "WIDTH_CAP": 128, "SNUG": 0}, num_warps=8),
+    triton.Config({"TILE": 1024, "WIDTH_CAP": 256, "SNUG": 0}, num_warps=8),
+    triton.Config({"TILE": 256, "WIDTH_CAP": 128, "SNUG": 1}, num_warps=4),
+    triton.Config({"TILE": 512, "WIDTH_CAP": 128, "SNUG": 1}, num_warps=4),
+    triton.Config({"TILE": 512, "WIDTH_CAP": 128, "SNUG": 1}, num_warps=8),
+    triton.Config({"TILE": 1024, "WIDTH_CAP": 128, "SNUG": 1}, num_warps=8),
+]
 _INTERPRETER_CONFIG = triton.Config({"TILE": 1 << 13, "WIDTH_CAP": 128})
+# Under the interpreter the forward runs snug (the narrow, many-chunk path); the backward,
+# and the forward at power-of-two C, the single-chunk one.
+_FORWARD_INTERPRETER_CONFIG = triton.Config({"TILE": 1 << 13, "WIDTH_CAP": 128, "SNUG": 1})
 
 
 def norm_kind(q: float) -> int:
@@ -113,7 +135,7 @@ def _valid_lip(v):
     return is_finite(v) & (v >= 0)
 
 
-@autotune(_GPU_CONFIGS, _INTERPRETER_CONFIG,
+@autotune(_FORWARD_GPU_CONFIGS, _FORWARD_INTERPRETER_CONFIG,
           key=["C", "M", "HAS_MASK", "HAS_BIAS", "LIP_FULL", "NORM", "TOP_RIVAL", "ROWS_BUCKET"])
 @row_tile_heuristics("B", "C", "BLOCK_B", "BLOCK_C")
 @triton.jit(do_not_specialize=["ROWS_BUCKET"])
@@ -122,9 +144,10 @@ def _forward_kernel(
     B, C, q, ROWS_BUCKET,
     M: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, LIP_FULL: tl.constexpr,
     NORM: tl.constexpr, TOP_RIVAL: tl.constexpr, ACC: tl.constexpr, TILE: tl.constexpr,
-    WIDTH_CAP: tl.constexpr,
+    WIDTH_CAP: tl.constexpr, SNUG: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    # SNUG only chooses BLOCK_C (row_tile_heuristics).
     # Poisoned rows (radius NaN, margin NaN, runner_up -1; never a certificate): a target
     # outside [0, C) (never used as an index), a non-finite logit among the present
     # modalities' values read, a lip value read that is NaN, infinite or negative. An absent
@@ -165,7 +188,6 @@ def _forward_kernel(
             z_row = z_ptr + (rows * M + m) * C
             z_y = tl.load(z_row + y, mask=y_ok & present, other=0).to(ACC)
             z_k = tl.load(z_row[:, None] + ks[None, :], mask=read, other=0).to(ACC)
-            nonfinite = nonfinite | (read & ~is_finite(z_k))
             margin += z_y[:, None] - z_k  # zero for absent modalities: nothing loaded
             if TOP_RIVAL:
                 score += z_k
@@ -174,6 +196,11 @@ def _forward_kernel(
                 lip_yk = tl.load(lip_row[:, None] + ks[None, :], mask=tile_ok, other=0).to(ACC)
                 nonfinite = nonfinite | (tile_ok & ~_valid_lip(lip_yk))
                 norm = _norm_accumulate(norm, tl.where(present[:, None], lip_yk, 0.0), q, NORM)
+        # A non-finite logit read (z_k, or z_y in the column k = y) makes its margin sum
+        # non-finite (inf - inf and NaN stay NaN), so one check after the sum replaces a
+        # per-modality flag tile (fewer live registers). Finite logits whose margin overflows
+        # (|z| ~ 1e38 in float32) are flagged too: a radius from them would be inf or NaN.
+        nonfinite = nonfinite | (tile_ok & ~is_finite(margin))
         bad = bad | (tl.max(nonfinite.to(tl.int32), axis=1) > 0)
         if HAS_BIAS:
             bias_k = tl.load(bias_ptr + ks, mask=ks < C, other=0).to(ACC)

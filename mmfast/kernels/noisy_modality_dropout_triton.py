@@ -140,13 +140,22 @@ def _noise_kernel(
     lane = tl.arange(0, 4)[None, :]  # (1, 4)
     offs = quads * 4 + lane  # (QUADS, 4), contiguous
     ok = offs < numel
-    if ROW_SPANS_BLOCK:  # row_len >= BLOCK: a block touches at most two rows, no division
+    if ROW_SPANS_BLOCK:
+        # row_len >= BLOCK: the block touches at most two rows (one division per block), and
+        # keep / sigma_used are two scalar loads per row, selected per element.
         row0 = start // row_len
-        rows = row0 + (offs >= (row0 + 1) * row_len).to(tl.int64)
-    else:
+        row1 = tl.minimum(row0 + 1, (numel - 1) // row_len)  # the last block has no next row
+        keep0 = tl.load(keep_ptr + row0)
+        sigma0 = tl.load(sigma_used_ptr + row0)
+        keep1 = tl.load(keep_ptr + row1)
+        sigma1 = tl.load(sigma_used_ptr + row1)
+        second = offs >= (row0 + 1) * row_len
+        keep = ok & (tl.where(second, keep1, keep0) != 0)
+        sigma = tl.where(second, sigma1, sigma0)
+    else:  # many rows per block: one gather per element (the tiny arrays stay in cache)
         rows = offs // row_len
-    keep = tl.load(keep_ptr + rows, mask=ok, other=0) != 0
-    sigma = tl.load(sigma_used_ptr + rows, mask=ok, other=0)
+        keep = tl.load(keep_ptr + rows, mask=ok, other=0) != 0
+        sigma = tl.load(sigma_used_ptr + rows, mask=ok, other=0)
 
     lo, hi = _offset_words(offset_ptr, offset_lo, offset_hi, OFFSET_IN_TENSOR)
     r0, r1, r2, r3 = _philox_words(seed, quads, 0, lo, hi)

@@ -204,9 +204,21 @@ def margin_inputs(B, M, C, dtype, lip_per_pair, extras):
 
 MARGIN_CASES = list(
     itertools.product(
-        [(6, 3, 10), (5, 2, 1), (4, 4, 37)], [2.0, 1.0, math.inf, 3.0], [True, False], [False, True]
+        [(6, 3, 10), (5, 2, 1), (4, 4, 37), (3, 3, 16), (5, 2, 40)],  # C % V == 0: vector loads
+        [2.0, 1.0, math.inf, 3.0],
+        [True, False],
+        [False, True],
     )
 )
+
+
+def misaligned_copy(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``t`` whose data starts one element past a 16-byte boundary, so the
+    kernels must take their scalar-load path."""
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype)[1:]
+    out = flat.view(t.shape)
+    out.copy_(t)
+    return out
 
 
 @pytest.mark.parametrize("rival", ["min", "top"])
@@ -219,13 +231,17 @@ def test_certified_margin_forward(emu, dtype, rival):
             z, target, lip, mask, bias, p, rival
         )
         q = ref.dual_exponent(p)
-        for lanes in sorted({pow2_lanes(-(-C // 4)), 1}):
+        # The launcher's lanes (one vector of rivals per lane), the previous four per lane, one.
+        launcher = pow2_lanes(-(-C // VECTOR_WIDTH[dtype]))
+        for lanes, misaligned in sorted({(launcher, False), (pow2_lanes(-(-C // 4)), False),
+                                         (1, False), (launcher, True)}):
+            z_in = misaligned_copy(z) if misaligned else z
             radius = torch.full((B,), math.nan, dtype=acc)
             margin = torch.full((B,), math.nan, dtype=acc)
             runner = torch.full((B,), -7, dtype=torch.int64)
             emu.emu_certified_margin(
                 DTYPE_CODE[dtype],
-                ptr(z),
+                ptr(z_in),
                 ptr(target),
                 ptr(lip),
                 int(lip_per_pair),
@@ -243,7 +259,8 @@ def test_certified_margin_forward(emu, dtype, rival):
                 ptr(margin),
                 ptr(runner),
             )
-            what = f"{(B, M, C)} p={p} lip_per_pair={lip_per_pair} extras={extras} lanes={lanes}"
+            what = (f"{(B, M, C)} p={p} lip_per_pair={lip_per_pair} extras={extras} "
+                    f"lanes={lanes} misaligned={misaligned}")
             assert torch.equal(runner, runner_ref), f"runner_up {what}: {runner} vs {runner_ref}"
             assert_matches(radius, radius_ref, acc, "radius " + what)
             assert_matches(margin, margin_ref, acc, "margin " + what)

@@ -98,7 +98,7 @@ def resource_usage(compiled) -> Usage:
 
 def _blocks(config: triton.Config, rows: int, width: int, depth: int = 1) -> tuple[int, int]:
     return _common.tile_blocks(rows, width, config.kwargs["TILE"], config.kwargs["WIDTH_CAP"],
-                               depth)
+                               depth, bool(config.kwargs.get("SNUG", 0)))
 
 
 def variants() -> Iterator[Variant]:
@@ -146,7 +146,8 @@ def variants() -> Iterator[Variant]:
                 return dict(M=3, BLOCK_M=4, HAS_MASK=True, LIP_FULL=full, NORM=norm, ACC=acc_tl,
                             BLOCK_B=bb, BLOCK_C=bc)
 
-            yield Variant(f"certified_margin.forward {tag}", cm._forward_kernel, cm._GPU_CONFIGS,
+            yield Variant(f"certified_margin.forward {tag}", cm._forward_kernel,
+                          cm._FORWARD_GPU_CONFIGS,
                           dict(z_ptr=f"*{dt}", target_ptr="*i64", lip_ptr=f"*{acc}",
                                mask_ptr="*u8", bias_ptr=f"*{acc}", radius_ptr=f"*{acc}",
                                margin_ptr=f"*{acc}", runner_up_ptr="*i64", B="i32", C="i32",

@@ -43,6 +43,27 @@ def test_tile_blocks(rows, width, tile, cap, depth, expected):
     assert _common.tile_blocks(rows, width, tile, cap, depth) == expected
 
 
+@pytest.mark.parametrize(
+    "width, cap, expected",
+    [(10, 128, 2), (100, 128, 8), (309, 128, 64), (31, 128, 32), (64, 128, 64), (1000, 128, 128),
+     (1, 128, 1), (3, 128, 1)],
+)
+def test_snug_width_leaves_at_most_five_percent_idle(width, cap, expected):
+    block = _common.snug_width(width, cap)
+    assert block == expected
+    padding = -(-width // block) * block - width
+    assert padding <= 0.05 * width
+    wider = min(2 * block, cap)  # the next wider block (if any) would idle more lanes
+    if wider > block:
+        assert -(-width // wider) * wider - width > 0.05 * width
+
+
+def test_tile_blocks_snug_narrows_the_class_block():
+    assert _common.tile_blocks(65536, 100, 512, 128) == (4, 128)
+    assert _common.tile_blocks(65536, 100, 512, 128, snug=True) == (64, 8)
+    assert _common.tile_blocks(65536, 10, 512, 128, snug=True) == (256, 2)
+
+
 def test_check_float_dtype_names_argument():
     _common.check_float_dtype(torch.zeros(1, dtype=torch.bfloat16), "x")
     with pytest.raises(TypeError, match=r"z must have dtype in .*got torch.int32"):

@@ -14,6 +14,7 @@ CASES = [
     # (shape, dtype, sigma_levels, seed, offset)
     ((7, 3, 5), torch.float32, False, 42, 0),  # rows of 15: numel not a multiple of 4
     ((3, 20001), torch.bfloat16, True, 2**40 + 5, 2**33 + 7),  # rows longer than a block
+    ((5, 2, 8192), torch.float32, False, 3, 9),  # rows of exactly one interpreter block
     ((33, 2), torch.float64, True, 2**63 + 11, 3),  # seed above int64: uint64 key
     ((4, 1), torch.float16, False, 0, 2**32 - 1),  # offset fills the low counter word
 ]
