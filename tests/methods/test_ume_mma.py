@@ -1,12 +1,11 @@
 import torch
-from torch import nn
 
 from mmfast.methods import ModelSpec, create_method
 from mmfast.methods.ume_mma import UniModalView, augmented_cross_entropy, rows_with_modality
-from mmfast.nn.model import MultiModalOutput
 from mmfast.train import fit_method, load_checkpoint
 from mmfast.train.batches import take
 from mmfast.train.engine import StepInfo
+from tests.spy_model import SpyModel
 
 
 def test_unimodal_view_shares_the_modules_of_the_fused_model(tiny_data, tiny_cfg):
@@ -38,21 +37,8 @@ def test_finetuning_starts_from_the_unimodal_weights(tiny_data, tiny_cfg, tmp_pa
     assert any(moved)
 
 
-class _SpyModel(nn.Module):
-    modalities = ("video", "audio", "image")
-
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(4))
-        self.seen = []
-
-    def forward(self, inputs, mask):
-        self.seen.append(({m: x.clone() for m, x in inputs.items()}, mask.clone()))
-        return MultiModalOutput(self.w.expand(mask.shape[0], 4))
-
-
 def test_augmentation_drops_modalities_but_keeps_at_least_one(tiny_data):
-    spy = _SpyModel()
+    spy = SpyModel()
     data = tiny_data[0]
     batch = take(data, torch.arange(64), torch.device("cpu"))
     loss_fn = augmented_cross_entropy(p_drop=0.8, sigma=0.0)
