@@ -22,6 +22,14 @@
 // compiles each header for float, double, __half and __nv_bfloat16 with plain nvcc.
 #define MMFAST_KERNEL_ADDR(...) reinterpret_cast<const void*>(&__VA_ARGS__)
 
+// __launch_bounds__ in CUDA compilation only (the host emulation of tests/cuda builds the kernel
+// headers as plain C++).
+#if defined(__CUDACC__)
+#define MMFAST_LAUNCH_BOUNDS(threads, min_blocks) __launch_bounds__(threads, min_blocks)
+#else
+#define MMFAST_LAUNCH_BOUNDS(threads, min_blocks)
+#endif
+
 namespace mmfast {
 namespace cuda {
 
@@ -240,6 +248,16 @@ __host__ inline int next_power_of_two_at_most_32(int64_t n) {
 }
 
 __host__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Threads per row for a row of `units` work units (vectors or classes), one unit per lane per
+// step: the widest power of two <= 32 whose steps leave at most 5 % of the lanes idle (10 -> 2,
+// 25 -> 2, 250 -> 32; a power of two is its own width), as mmfast/kernels/_common.py's
+// snug_width does for Triton blocks. Rounding 10 units up to 16 lanes idles 37.5 % of them.
+inline int snug_lanes(int64_t units) {
+  int lanes = next_power_of_two_at_most_32(units);
+  while (lanes > 1 && ceil_div(units, lanes) * lanes - units > units / 20.0) lanes /= 2;
+  return lanes;
+}
 
 }  // namespace cuda
 }  // namespace mmfast

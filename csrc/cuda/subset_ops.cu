@@ -83,6 +83,53 @@ SubsetAccuracyLayout<A> accuracy_layout(int64_t M, int64_t C, int64_t S) {
           static_cast<int>(S)};
 }
 
+// M <= kCodeModalities: subset_accuracy_codes_kernel, one launch for any S (the per-code
+// argmax; see subset_ops_kernel.cuh). Lanes per row from snug_lanes over the row's vectors.
+template <typename T>
+void launch_accuracy_by_codes(const at::Tensor& z, const at::Tensor& target,
+                              const at::Tensor& subsets, const std::optional<at::Tensor>& weight,
+                              const std::optional<at::Tensor>& present, const SubsetShape& s,
+                              at::Tensor& correct) {
+  using A = opmath_t<T>;
+  const T* zp = const_ptr<T>(z);
+  const bool vectorized = rows_vectorizable<T>(s.C, {zp});
+  const int lanes = snug_lanes(ceil_div(s.C, vectorized ? vector_width<T>() : 1));
+  auto kernel = vectorized ? subset_accuracy_codes_kernel<T, vector_width<T>()>
+                           : subset_accuracy_codes_kernel<T, 1>;
+  const unsigned blocks =
+      grid_blocks(kernel, s.B, rows_per_block(lanes), kCodeAccuracySmemBytes);
+  kernel<<<blocks, kThreadsPerBlock, kCodeAccuracySmemBytes,
+           c10::cuda::getCurrentCUDAStream()>>>(
+      zp, const_ptr<int64_t>(target), const_ptr<bool>(subsets), optional_ptr<A>(weight),
+      optional_ptr<bool>(present), s.B, static_cast<int>(s.M), s.C, s.S, lanes,
+      reinterpret_cast<unsigned long long*>(mutable_ptr<int64_t>(correct)));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// M > kCodeModalities: subset_accuracy_kernel over slices of at most kMaxSubsetsPerLaunch
+// subsets (each slice re-reads z).
+template <typename T>
+void launch_accuracy_by_pairs(const at::Tensor& z, const at::Tensor& target,
+                              const at::Tensor& subsets, const std::optional<at::Tensor>& weight,
+                              const std::optional<at::Tensor>& present, const SubsetShape& s,
+                              at::Tensor& correct) {
+  using A = opmath_t<T>;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  for (int64_t first = 0; first < s.S; first += kMaxSubsetsPerLaunch) {
+    const int64_t count = std::min(kMaxSubsetsPerLaunch, s.S - first);
+    const SubsetAccuracyLayout<A> layout = accuracy_layout<A>(s.M, s.C, count);
+    TORCH_CHECK(layout.total_bytes() <= 48 * 1024, "subset_accuracy: shared memory layout of ",
+                layout.total_bytes(), " bytes exceeds the 48 KiB default");
+    const auto smem = static_cast<size_t>(layout.total_bytes());
+    const unsigned blocks = grid_blocks(subset_accuracy_kernel<T>, s.B, layout.tile_rows, smem);
+    subset_accuracy_kernel<T><<<blocks, kThreadsPerBlock, smem, stream>>>(
+        const_ptr<T>(z), const_ptr<int64_t>(target), const_ptr<bool>(subsets) + first * s.M,
+        optional_ptr<A>(weight), optional_ptr<bool>(present), s.B, s.C, layout,
+        reinterpret_cast<unsigned long long*>(mutable_ptr<int64_t>(correct)) + first);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
 at::Tensor subset_accuracy_cuda(const at::Tensor& z, const at::Tensor& target,
                                 const at::Tensor& subsets, const std::optional<at::Tensor>& weight,
                                 const std::optional<at::Tensor>& present) {
@@ -95,23 +142,10 @@ at::Tensor subset_accuracy_cuda(const at::Tensor& z, const at::Tensor& target,
   if (s.B == 0 || s.S == 0) return correct;
   dispatch_float_type(z.scalar_type(), "subset_accuracy", [&](auto tag) {
     using T = decltype(tag);
-    using A = opmath_t<T>;
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    for (int64_t first = 0; first < s.S; first += kMaxSubsetsPerLaunch) {
-      const int64_t count = std::min(kMaxSubsetsPerLaunch, s.S - first);
-      const SubsetAccuracyLayout<A> layout = accuracy_layout<A>(s.M, s.C, count);
-      TORCH_CHECK(layout.total_bytes() <= 48 * 1024, "subset_accuracy: shared memory layout of ",
-                  layout.total_bytes(), " bytes exceeds the 48 KiB default");
-      const auto smem = static_cast<size_t>(layout.total_bytes());
-      const unsigned blocks =
-          grid_blocks(subset_accuracy_kernel<T>, s.B, layout.tile_rows, smem);
-      subset_accuracy_kernel<T>
-          <<<blocks, kThreadsPerBlock, smem, stream>>>(
-              const_ptr<T>(z), const_ptr<int64_t>(target),
-              const_ptr<bool>(subsets) + first * s.M, optional_ptr<A>(weight),
-              optional_ptr<bool>(present), s.B, s.C, layout,
-              reinterpret_cast<unsigned long long*>(mutable_ptr<int64_t>(correct)) + first);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (s.M <= kCodeModalities) {
+      launch_accuracy_by_codes<T>(z, target, subsets, weight, present, s, correct);
+    } else {
+      launch_accuracy_by_pairs<T>(z, target, subsets, weight, present, s, correct);
     }
   });
   return correct;

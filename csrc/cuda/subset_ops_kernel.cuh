@@ -237,6 +237,147 @@ __global__ void subset_accuracy_kernel(const T* __restrict__ z,
   }
 }
 
+// ------------------------------------------------ subset_accuracy by subset codes (M <= 4)
+// With few modalities every subset is a code k in [0, 2^M), and the fused numerator of code k
+// is the numerator of its parent (k without its highest modality h) plus w_h z_h: one add per
+// code and class instead of |k| (the highest-bit DP of csrc/cpu/kernels/subset_ops.cpp). The
+// sums still run over modalities in increasing order, so they equal subset_accuracy_kernel's
+// bit for bit. The argmax then runs per code, not per requested subset, and hits are counted
+// per code: S (any size, repeats included) only matters when the block's per-code counts are
+// added to correct[s] at the end.
+constexpr int kCodeModalities = 4;
+constexpr int kCodes = 1 << kCodeModalities;
+// Dynamic shared memory of subset_accuracy_codes_kernel: per-code hit counters, then the
+// block's bitmask of requested codes.
+constexpr int kCodeHitsBytes = kCodes * 8;
+constexpr int kCodeAccuracySmemBytes = kCodeHitsBytes + 8;
+
+// Highest set bit of a code in [1, kCodes): a constant once the code loop is unrolled.
+__host__ __device__ constexpr int code_top_modality(int k) {
+  return k >= 8 ? 3 : (k >= 4 ? 2 : (k >= 2 ? 1 : 0));
+}
+
+MMFAST_DEVICE unsigned subset_code(const bool* subset_row, int M) {
+  unsigned code = 0;
+  for (int m = 0; m < M; ++m) code |= subset_row[m] ? 1u << m : 0u;
+  return code;
+}
+
+// The requested codes plus every code the DP builds them from (each code's parent chain).
+MMFAST_DEVICE unsigned close_under_parents(unsigned codes) {
+#pragma unroll
+  for (int k = kCodes - 1; k >= 1; --k) {
+    if (codes >> k & 1u) codes |= 1u << (k ^ (1 << code_top_modality(k)));
+  }
+  return codes;
+}
+
+// correct[s] += #{b : argmax_c scores_sbc == target_b}, same contract as
+// subset_accuracy_kernel, for M <= kCodeModalities. A group of `lanes` threads owns a row
+// (LaneGroup); lane l reads VEC classes at a time of every present modality straight from z
+// (16-byte vectors when VEC > 1: the launcher checks C % VEC == 0 and alignment), builds the
+// numerators of the needed codes and keeps a running argmax per code, dividing only when a
+// strictly larger numerator appears (as subset_accuracy_kernel). The group then merges its
+// lanes' winners by quotient and index, and its first lane counts the row's hits per code.
+template <typename T, int VEC>
+__global__ void MMFAST_LAUNCH_BOUNDS(256, sizeof(opmath_t<T>) == 4 ? 2 : 1)
+    subset_accuracy_codes_kernel(const T* __restrict__ z,
+                                             const int64_t* __restrict__ target,
+                                             const bool* __restrict__ subsets,
+                                             const opmath_t<T>* __restrict__ weight,
+                                             const bool* __restrict__ present, int64_t B, int M,
+                                             int64_t C, int64_t S, int lanes,
+                                             unsigned long long* __restrict__ correct) {
+  using A = opmath_t<T>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  auto* code_hits = reinterpret_cast<unsigned long long*>(smem);
+  auto* requested = reinterpret_cast<unsigned*>(smem + kCodeHitsBytes);
+  const int tid = static_cast<int>(threadIdx.x), threads = static_cast<int>(blockDim.x);
+  for (int k = tid; k < kCodes; k += threads) code_hits[k] = 0;
+  if (tid == 0) *requested = 0;
+  __syncthreads();
+  for (int64_t s = tid; s < S; s += threads) {
+    atomicOr(requested, 1u << subset_code(subsets + s * M, M));
+  }
+  __syncthreads();
+  const bool empty_requested = (*requested & 1u) != 0;
+  const unsigned needed = close_under_parents(*requested);
+
+  const LaneGroup g = LaneGroup::make(lanes);
+  for (int64_t row = g.first_row; g.warp_active(row, B); row += g.row_step) {
+    const bool active = row < B;
+    const RowWeights<A> rw = fusion_weights<A>(
+        !active || present == nullptr ? nullptr : present + row * M,
+        !active || weight == nullptr ? nullptr : weight + row * M, M);
+    A best_num[kCodes], best_q[kCodes];
+    int best_c[kCodes];
+#pragma unroll
+    for (int k = 1; k < kCodes; ++k) best_num[k] = A(0), best_q[k] = A(0), best_c[k] = -1;
+    const T* z_row = z + row * M * C;
+    for (int64_t c = static_cast<int64_t>(g.lane) * VEC; active && c < C;
+         c += static_cast<int64_t>(lanes) * VEC) {
+      const int count = C - c >= VEC ? VEC : static_cast<int>(C - c);
+      A zv[kCodeModalities][VEC];
+#pragma unroll
+      for (int m = 0; m < kCodeModalities; ++m) {
+        if (m < M && (rw.present >> m & 1u)) {
+          load_opmath<T, VEC>(z_row + m * C + c, VEC > 1 && count == VEC, count, zv[m]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) zv[m][i] = A(0);  // never read: selected out below
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        if (i >= count) break;
+        A num[kCodes];
+        num[0] = A(0);
+#pragma unroll
+        for (int k = 1; k < kCodes; ++k) {
+          if (!(needed >> k & 1u)) continue;
+          const int h = code_top_modality(k);
+          // An absent h has w_h = 0 and zv = 0 (never loaded): it adds exactly +0.
+          num[k] = num[k ^ (1 << h)] + rw.w[h] * zv[h][i];
+          if (best_c[k] < 0 || beats_max(num[k], best_num[k])) {
+            A den = A(0);  // the code's normaliser, in the order subset_weights sums it
+#pragma unroll
+            for (int m = 0; m < kCodeModalities; ++m) den += (k >> m & 1) ? rw.w[m] : A(0);
+            const A q = num[k] / (den > A(0) ? den : A(1));
+            if (best_c[k] < 0 || q != q || q > best_q[k]) {
+              best_q[k] = q;
+              best_c[k] = static_cast<int>(c + i);
+            }
+            best_num[k] = num[k];
+          }
+        }
+      }
+    }
+    // Merge the group's winners: highest quotient (NaN first), lowest class on ties. Every lane
+    // of the warp runs the shuffles (warp_active), with or without a row.
+    const int64_t y = active && g.lane == 0 ? target[row] : -1;
+    const bool countable = active && g.lane == 0 && !rw.bad;
+    if (countable && empty_requested && y == 0) atomicAdd(&code_hits[0], 1ULL);  // empty: class 0
+#pragma unroll
+    for (int k = 1; k < kCodes; ++k) {
+      if (!(needed >> k & 1u)) continue;
+      A q = best_q[k];
+      int c = best_c[k];
+      for (int offset = lanes / 2; offset > 0; offset /= 2) {
+        const A q_other = __shfl_xor_sync(kFullWarpMask, q, offset);
+        const int c_other = __shfl_xor_sync(kFullWarpMask, c, offset);
+        if (candidate_wins<true>(q, c, q_other, c_other)) q = q_other, c = c_other;
+      }
+      // Wrong: a NaN score (it wins the argmax), an invalid weight, a target outside [0, C).
+      if (countable && q == q && c == y) atomicAdd(&code_hits[k], 1ULL);
+    }
+  }
+  __syncthreads();
+  for (int64_t s = tid; s < S; s += threads) {
+    const unsigned long long hits = code_hits[subset_code(subsets + s * M, M)];
+    if (hits != 0) atomicAdd(&correct[s], hits);
+  }
+}
+
 }  // namespace cuda
 }  // namespace mmfast
 
@@ -244,5 +385,7 @@ __global__ void subset_accuracy_kernel(const T* __restrict__ z,
   {                                                                      \
     MMFAST_KERNEL_ADDR(subset_logits_kernel<T, 1>),                      \
         MMFAST_KERNEL_ADDR(subset_logits_kernel<T, vector_width<T>()>),  \
-        MMFAST_KERNEL_ADDR(subset_accuracy_kernel<T>)                    \
+        MMFAST_KERNEL_ADDR(subset_accuracy_kernel<T>),                   \
+        MMFAST_KERNEL_ADDR(subset_accuracy_codes_kernel<T, 1>),          \
+        MMFAST_KERNEL_ADDR(subset_accuracy_codes_kernel<T, vector_width<T>()>) \
   }

@@ -417,23 +417,105 @@ def test_subset_logits(emu, dtype):
             assert_matches(scores, scores_ref, dtype, f"{(B, M, C)} extras={extras} vec={vec}")
 
 
+CODE_MODALITIES = 4  # kCodeModalities: the launcher's subset_accuracy_codes_kernel bound
+
+
+def snug_lanes(emu, units: int) -> int:
+    """snug_lanes of csrc/cuda/cuda_utils.cuh: the launchers' own rule, not a copy."""
+    return int(emu.emu_snug_lanes(i64(units)))
+
+
+def test_snug_lanes_values(emu):
+    """The widest power of two <= 32 leaving at most 5 % of the lanes idle."""
+    assert [snug_lanes(emu, n) for n in (1, 3, 10, 25, 32, 100, 250, 1000)] == [
+        1, 1, 2, 2, 32, 8, 32, 32]
+
+
+def accuracy_launches(emu, dtype, M: int, C: int, S: int):
+    """(name, kernel args) of every CUDA subset_accuracy launch to check for this shape: the
+    pairs kernel (subset_accuracy_kernel) with the launcher's tile, several class chunks and
+    one row x one class at a time; for M <= 4 also the codes kernel with the launcher's lanes
+    and vector mode, one lane per row, and a whole warp per row (lanes without classes)."""
+    launcher_rows = min(32, -(-256 // min(S, 512)))
+    out = [(f"pairs rows={rows} classes={classes}", ("pairs", rows, classes))
+           for rows, classes in [(launcher_rows, C), (3, 4), (1, 1)]]
+    if M <= CODE_MODALITIES:
+        vec = 1 if C % VECTOR_WIDTH[dtype] == 0 else 0
+        launcher = snug_lanes(emu, -(-C // (VECTOR_WIDTH[dtype] if vec else 1)))
+        for lanes, v in {(launcher, vec), (1, 0), (32, 0), (4, vec)}:
+            out.append((f"codes lanes={lanes} vec={v}", ("codes", lanes, v)))
+    return out
+
+
+def run_accuracy(emu, launch, dtype, z, target, subsets, weight, present, grid=GRID):
+    """correct (S,) int64 from one emulated subset_accuracy launch (see accuracy_launches)."""
+    B, M, C = z.shape
+    S = subsets.shape[0]
+    correct = torch.zeros(S, dtype=torch.int64)
+    kind, a, b = launch
+    if kind == "pairs":
+        used = emu.emu_subset_accuracy(DTYPE_CODE[dtype], ptr(z), ptr(target), ptr(subsets),
+                                       ptr(weight), ptr(present), i64(B), M, i64(C), S, a, b,
+                                       grid, ptr(correct))  # fmt: skip
+        assert used > 0
+    else:
+        emu.emu_subset_accuracy_codes(DTYPE_CODE[dtype], ptr(z), ptr(target), ptr(subsets),
+                                      ptr(weight), ptr(present), i64(B), M, i64(C), i64(S), a,
+                                      b, grid, ptr(correct))  # fmt: skip
+    return correct
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_subset_accuracy_counts(emu, dtype):
     for (B, M, C), extras in itertools.product(SUBSET_SHAPES, [False, True]):
         z, subsets, weight, present = subset_inputs(B, M, C, dtype, extras)
-        S = subsets.shape[0]
         target = torch.randint(0, C, (B,))
         correct_ref = ref.subset_correct(z, target, subsets, weight, present)
-        launcher_rows = min(32, -(-256 // S))
-        # the launcher's tile, several class chunks, and one row x one class at a time
-        for rows, classes in [(launcher_rows, C), (3, 4), (1, 1)]:
-            correct = torch.zeros(S, dtype=torch.int64)
-            used = emu.emu_subset_accuracy(DTYPE_CODE[dtype], ptr(z), ptr(target), ptr(subsets),
-                                           ptr(weight), ptr(present), i64(B), M, i64(C), S, rows,
-                                           classes, GRID, ptr(correct))  # fmt: skip
-            assert used > 0
-            what = f"{(B, M, C)} extras={extras} rows={rows} classes={classes}"
+        for name, launch in accuracy_launches(emu, dtype, M, C, subsets.shape[0]):
+            correct = run_accuracy(emu, launch, dtype, z, target, subsets, weight, present)
+            what = f"{(B, M, C)} extras={extras} {name}"
             assert torch.equal(correct, correct_ref), f"{what}: {correct} vs {correct_ref}"
+
+
+@pytest.mark.parametrize("M", [2, 4])
+def test_subset_accuracy_codes_any_subset_list(emu, M):
+    """The codes kernel takes any list of subsets: repeats, the empty subset, codes whose
+    parents are not requested (built through the closure), and more than 512 subsets (one
+    launch, where the pairs kernel needs slices)."""
+    torch.manual_seed(M)
+    B, C = 37, 12
+    z = torch.randn(B, M, C, dtype=torch.float64).round(decimals=1).float()  # with ties
+    present = torch.rand(B, M) > 0.25
+    weight = torch.rand(B, M) + 0.1
+    target = torch.randint(0, C, (B,))
+    full = torch.zeros(1, M, dtype=torch.bool)
+    full[0, ::2] = True  # {0, 2} (M = 4) / {0}: parents {0} / empty never requested alone
+    lists = [full, torch.rand(600, M) > 0.5, torch.cat([full, full, ref.all_subsets(M)])]
+    for subsets in lists:
+        correct_ref = ref.subset_correct(z, target, subsets, weight, present)
+        for lanes, vec in [(snug_lanes(emu, C // 4), 1), (2, 0), (16, 0)]:
+            correct = run_accuracy(emu, ("codes", lanes, vec), torch.float32, z, target,
+                                   subsets, weight, present)
+            assert torch.equal(correct, correct_ref), (subsets.shape, lanes, vec)
+
+
+def test_subset_accuracy_codes_lane_merge_ties(emu):
+    """Equal maxima in classes owned by different lanes: the merge keeps the lowest class
+    whatever lane holds it, and a NaN in any lane's classes makes the row wrong."""
+    B, M, C = 4, 2, 16
+    z = torch.zeros(B, M, C)
+    z[:, :, [3, 6, 13]] = 1.0  # the maximum of every subset at classes 3, 6 and 13
+    target = torch.tensor([3, 6, 3, 3])
+    z[2, 1, 9] = math.nan  # row 2: NaN in modality 1 only
+    subsets = ref.all_subsets(M)  # {0}, {1}, {0, 1} in reference order
+    correct_ref = ref.subset_correct(z, target, subsets)
+    # class 3 wins every row without NaN: rows 0 and 3 hit; row 2 hits only without modality 1
+    assert correct_ref.tolist() == [2 + int(not s[1]) for s in subsets]
+    for lanes in (1, 2, 4, 8, 16):
+        for vec in (0, 1):
+            correct = run_accuracy(emu, ("codes", lanes, vec), torch.float32, z, target,
+                                   subsets, None, None)
+            assert torch.equal(correct, correct_ref), (lanes, vec, correct, correct_ref)
 
 
 # ------------------------------------------------- BRIEF contracts 2-3 in the CUDA kernels
@@ -532,11 +614,11 @@ def test_contract_subset_ops_absent_never_read_nan_rows_wrong(emu):
                           i64(C), i64(S), 4, 0, GRID, ptr(scores))  # fmt: skip
     assert_matches(scores, scores_ref, torch.float32, "absent NaN")
     correct_ref = ref.subset_correct(z_clean, target, subsets, weight, present)
-    correct = torch.zeros(S, dtype=torch.int64)
-    emu.emu_subset_accuracy(0, ptr(z_dirty), ptr(target), ptr(subsets), ptr(weight),
-                            ptr(present), i64(B), M, i64(C), S, 3, 2, GRID,
-                            ptr(correct))  # fmt: skip
-    assert torch.equal(correct, correct_ref)
+    launches = accuracy_launches(emu, torch.float32, M, C, S)
+    for name, launch in launches:
+        correct = run_accuracy(emu, launch, torch.float32, z_dirty, target, subsets, weight,
+                               present)
+        assert torch.equal(correct, correct_ref), name
     # A NaN in row 0's modality 0 makes row 0 wrong for the subsets containing modality 0;
     # an invalid weight in row 1 and a target outside [0, C) in row 2 make them always wrong.
     z_nan = z_clean.clone()
@@ -552,11 +634,10 @@ def test_contract_subset_ops_absent_never_read_nan_rows_wrong(emu):
                                 present[keep])
     hits0 = ref.subset_correct(z_clean[:1], target2[:1], subsets, weight[:1], present[:1])
     expect = expect - hits0 * subsets[:, 0].long()
-    correct = torch.zeros(S, dtype=torch.int64)
-    emu.emu_subset_accuracy(0, ptr(z_nan), ptr(target2), ptr(subsets), ptr(bad_weight),
-                            ptr(present), i64(B), M, i64(C), S, 3, 2, GRID,
-                            ptr(correct))  # fmt: skip
-    assert torch.equal(correct, expect), (correct, expect)
+    for name, launch in launches:
+        correct = run_accuracy(emu, launch, torch.float32, z_nan, target2, subsets, bad_weight,
+                               present)
+        assert torch.equal(correct, expect), (name, correct, expect)
 
 
 def test_contract_noise_invalid_values_poison_samples(emu):
@@ -609,11 +690,11 @@ def test_subset_accuracy_argmax_without_division_keeps_quotient_ties(emu):
     subsets = torch.ones(1, 2, dtype=torch.bool)
     target = torch.zeros(1, dtype=torch.int64)
     assert int(ref.subset_correct(z, target, subsets, w, None)[0]) == 1
-    for rows, classes in [(1, 2), (1, 1)]:  # flat staging, and one class per chunk
-        correct = torch.zeros(1, dtype=torch.int64)
-        emu.emu_subset_accuracy(0, ptr(z), ptr(target), ptr(subsets), ptr(w), None, i64(1), 2,
-                                i64(2), 1, rows, classes, 1, ptr(correct))  # fmt: skip
-        assert int(correct[0]) == 1, (rows, classes)
+    # pairs: flat staging, and one class per chunk; codes: one lane (the lazy division) and two
+    # lanes (classes 0 and 1 in different lanes: the merge compares quotients)
+    for launch in [("pairs", 1, 2), ("pairs", 1, 1), ("codes", 1, 0), ("codes", 2, 0)]:
+        correct = run_accuracy(emu, launch, torch.float32, z, target, subsets, w, None, grid=1)
+        assert int(correct[0]) == 1, launch
 
 
 def test_certified_margin_lip_offsets_past_2_31(emu):

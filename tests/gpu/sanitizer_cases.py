@@ -10,6 +10,8 @@ import torch
 
 
 def main() -> int:
+    from mmfast import ops
+    from mmfast.ops import reference
     from tests.gpu.helpers import GPU_BACKENDS, op_cases
 
     dtypes = [torch.float32, torch.bfloat16]
@@ -20,6 +22,11 @@ def main() -> int:
         for dtype in dtypes:
             for case in op_cases(dtype, B=37):
                 case.run(backend)
+            # op_cases has M = 3 (CUDA: the per-code subset_accuracy kernel); M = 6 runs the
+            # (row, subset) pairs kernel with its shared-memory tile.
+            z = torch.randn(37, 6, 10, device="cuda", dtype=dtype)
+            target = torch.randint(0, 10, (37,), device="cuda")
+            ops.subset_accuracy(z, target, reference.all_subsets(6, "cuda"), backend=backend)
         torch.cuda.synchronize()
     print("sanitizer cases done:", backends)
     return 0

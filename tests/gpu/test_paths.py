@@ -98,6 +98,26 @@ def test_subset_accuracy_class_chunks_and_many_subsets(backend):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize(("C", "dtype"), [(1000, torch.float32), (10, torch.float32),
+                                          (104, torch.bfloat16), (33, torch.float64)])
+def test_subset_accuracy_codes_path(backend, C, dtype):
+    """M <= 4: the CUDA kernel scores every subset code (one add per code and class): 16-byte
+    vectors (C % V == 0) and scalar rows, 2 to 32 lanes per row, weights, absent modalities,
+    repeated subsets and S > 512 in one launch."""
+    B, M = 20000, 4
+    gen = torch.Generator(device="cuda").manual_seed(C)
+    z = torch.randn(B, M, C, device="cuda", generator=gen).to(dtype)
+    target = torch.randint(0, C, (B,), device="cuda", generator=gen)
+    present = torch.rand(B, M, device="cuda", generator=gen) > 0.3
+    weight = torch.rand(B, M, device="cuda", generator=gen, dtype=reference.opmath_dtype(dtype))
+    subsets = torch.cat([reference.all_subsets(M, "cuda"),
+                         torch.rand(600, M, device="cuda", generator=gen) > 0.5])
+    got = ops.subset_accuracy(z, target, subsets, weight + 0.1, present, backend=backend)
+    want = reference.subset_accuracy(z, target, subsets, weight + 0.1, present)
+    torch.testing.assert_close(got, want.to(got.dtype), atol=1.5 / B, rtol=0)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_non_default_stream(backend):
     stream = torch.cuda.Stream()
     x = torch.randn(4096, 3, 256, device="cuda")

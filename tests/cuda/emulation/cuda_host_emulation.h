@@ -58,6 +58,10 @@ inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v)
   return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
 }
 
+inline unsigned atomicOr(unsigned* p, unsigned v) {
+  return std::atomic_ref<unsigned>(*p).fetch_or(v);
+}
+
 inline float __fmul_rn(float a, float b) { return a * b; }
 
 // The kernels' `extern __shared__ unsigned char smem[]` (declared inside mmfast::cuda) binds

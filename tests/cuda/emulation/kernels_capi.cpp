@@ -168,4 +168,21 @@ int64_t emu_subset_accuracy(int dtype, const void* z, const int64_t* target,
   return bytes;
 }
 
+void emu_subset_accuracy_codes(int dtype, const void* z, const int64_t* target,
+                               const bool* subsets, const void* weight, const bool* present,
+                               int64_t B, int M, int64_t C, int64_t S, int lanes, int vectorized,
+                               unsigned grid, unsigned long long* correct) {
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using A = opmath_t<T>;
+    auto kernel = vectorized ? subset_accuracy_codes_kernel<T, vector_width<T>()>
+                             : subset_accuracy_codes_kernel<T, 1>;
+    emu_launch(kernel, grid, kBlock, static_cast<const T*>(z), target, subsets,
+               static_cast<const A*>(weight), present, B, M, C, S, lanes, correct);
+  });
+}
+
+// The launchers' host-side lane choice (cuda_utils.cuh), so tests use the real rule.
+int emu_snug_lanes(int64_t units) { return snug_lanes(units); }
+
 }  // extern "C"
