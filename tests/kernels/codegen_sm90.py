@@ -179,9 +179,22 @@ def variants() -> Iterator[Variant]:
 
         yield Variant(f"subset_logits {dt}", so._logits_kernel, so._GPU_CONFIGS,
                       {**so_types, "out_ptr": f"*{dt}"}, subset_consts)
-        yield Variant(f"subset_accuracy {dt}", so._accuracy_kernel, so._GPU_CONFIGS,
+        yield Variant(f"subset_accuracy loop (M > 4) {dt}", so._accuracy_kernel,
+                      so._GPU_CONFIGS,
                       {**so_types, "target_ptr": "*i64", "partial_ptr": "*i32"},
                       lambda c, f=subset_consts, w=weighted: f(c, ONE_CHUNK=w))
+
+        def codes_consts(c, weighted=weighted, acc_tl=acc_tl, present=present):
+            bb, bc = _blocks(c, 65536, 100)
+            return dict(M=4, HAS_WEIGHT=weighted, HAS_PRESENT=weighted, ACC=acc_tl,
+                        BLOCK_B=bb, BLOCK_C=bc, **present)
+
+        yield Variant(f"subset_accuracy codes {dt}", so._accuracy_codes_kernel,
+                      so._CODES_GPU_CONFIGS,
+                      dict(z_ptr=f"*{dt}", target_ptr="*i64", weight_ptr=f"*{acc}",
+                           present_ptr="*u8", partial_ptr="*i32", B="i32", C="i32",
+                           ROWS_BUCKET="i32"),
+                      codes_consts)
     for levels in (True, False):
         yield Variant(f"noisy_modality_dropout.sample levels={levels}", nd._sample_kernel,
                       [triton.Config({"BLOCK": nd._SAMPLE_BLOCK_GPU})],
