@@ -127,6 +127,24 @@ def test_subset_accuracy_row_with_nan_scores_counts_as_wrong(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", backends())
+def test_subset_ops_read_present_modalities_of_weight_zero(backend, device):
+    """Present with weight 0 is not absent: its term is 0 * z, NaN for an infinite z, as in the
+    reference (the C++ kernel once skipped such modalities and counted the row as right)."""
+    dev = require("subset_accuracy", backend, device)
+    B, M, C = 3, 2, 4
+    z = torch.zeros(B, M, C, device=dev)
+    target = torch.tensor([2, 1, 3], device=dev)
+    z[torch.arange(B), :, target] = 5.0
+    z[0, 1, 0] = INF  # row 0, modality 1 (weight 0 there): its scores are NaN
+    weight = torch.tensor([[1.0, 0.0], [1.0, 0.5], [1.0, 0.5]], device=dev)
+    subsets = torch.tensor([[True, False], [False, True], [True, True]], device=dev)
+    got = ops.subset_accuracy(z, target, subsets, weight, backend=backend)
+    torch.testing.assert_close(got, torch.tensor([1.0, 2 / 3, 2 / 3], device=dev))
+    scores = ops.subset_logits(z, subsets, weight, backend=backend)
+    assert torch.isnan(scores[1:, 0, 0]).all() and torch.isfinite(scores[0]).all()
+
+
+@pytest.mark.parametrize("backend,device", backends())
 def test_masked_fusion_nan_in_a_present_modality_propagates(backend, device):
     dev = require("masked_fusion", backend, device)
     x = torch.randn(3, 2, 4, device=dev)

@@ -54,14 +54,16 @@ SubsetPlan plan_subsets(const at::Tensor& subsets) {
   return plan;
 }
 
-// Per-row scratch: weights, opmath z row, per-subset divisors and partial sums.
+// Per-row scratch: weights, presence, opmath z row, per-subset divisors and partial sums.
 template <typename opmath_t>
 struct SubsetRowState {
   ModalityArray<opmath_t> w;
+  std::vector<uint8_t> present;  // absent modalities are never read; a present one with
+                                 // weight 0 is (0 * inf = NaN, as in the reference)
   std::vector<opmath_t> zrow, divisor, num, score;
 
   SubsetRowState(int64_t S, int64_t M, int64_t C)
-      : w(M), zrow(M * C), divisor(S), num(S * kSubsetCols), score(kSubsetCols) {}
+      : w(M), present(M), zrow(M * C), divisor(S), num(S * kSubsetCols), score(kSubsetCols) {}
 };
 
 // Visits every row b in [begin, end) and, per column chunk [c0, c0 + n), every subset's
@@ -80,6 +82,9 @@ void for_each_subset_score(const char* op, const at::Tensor& z, const SubsetPlan
   for (int64_t b = begin; b < end; ++b) {
     row_weights(op, present_data ? present_data + b * M : nullptr,
                 weight_data ? weight_data + b * M : nullptr, M, st.w.data());
+    for (int64_t m = 0; m < M; ++m) {
+      st.present[m] = present_data == nullptr || present_data[b * M + m];
+    }
     const opmath_t* zr = as_opmath(z_data + b * M * C, st.zrow.data(), M * C);
     for (int64_t s = 0; s < S; ++s) {
       opmath_t den = 0;
@@ -96,7 +101,7 @@ void for_each_subset_score(const char* op, const at::Tensor& z, const SubsetPlan
         } else if (parent == SubsetPlan::kDirect) {
           std::fill(cur, cur + n, opmath_t(0));
           for (int64_t m = 0; m < M; ++m) {
-            if (!plan.members[s * M + m] || st.w[m] == opmath_t(0)) continue;
+            if (!plan.members[s * M + m] || !st.present[m]) continue;
             const opmath_t wm = st.w[m];
             const opmath_t* __restrict zm = zr + m * C + c0;
             for (int64_t c = 0; c < n; ++c) cur[c] += wm * zm[c];
@@ -105,7 +110,7 @@ void for_each_subset_score(const char* op, const at::Tensor& z, const SubsetPlan
           const int64_t m = plan.last[s];
           const opmath_t wm = st.w[m];
           const opmath_t* __restrict zm = zr + m * C + c0;
-          if (wm == opmath_t(0)) {  // absent (or weight 0): z never read, adds exactly 0
+          if (!st.present[m]) {  // absent: z never read, adds exactly 0
             if (parent == SubsetPlan::kFromZero) {
               std::fill(cur, cur + n, opmath_t(0));
             } else {
