@@ -17,6 +17,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
@@ -30,6 +31,7 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace mmfast::cpu::CPU_CAPABILITY {
@@ -157,6 +159,38 @@ inline bool beats_for_argmax(T candidate, T best) {
 template <typename T>
 inline bool beats_for_argmin(T candidate, T best) {
   return !std::isnan(best) && (std::isnan(candidate) || candidate < best);
+}
+
+// torch.argmax of v[0, n), n >= 1: (value, index) of the first NaN when there is one, else of
+// the first maximum. Vector passes only: the maximum (at::vec::maximum propagates NaN), then
+// the first vector holding it (one compare and mask per vector, no branch per element).
+template <typename T>
+inline std::pair<T, int64_t> first_argmax(const T* v, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  static_assert(V < 32, "lane masks are int");
+  T top = v[0];
+  int64_t i = 0;
+  if (n >= V) {
+    Vec acc = Vec::loadu(v);
+    for (i = V; i + V <= n; i += V) acc = at::vec::maximum(acc, Vec::loadu(v + i));
+    top = at::vec::vec_reduce_all<T>(
+        [](const Vec& a, const Vec& b) { return at::vec::maximum(a, b); }, acc);
+  }
+  for (; i < n; ++i) top = beats_for_argmax(v[i], top) ? v[i] : top;
+  int64_t at = 0;
+  if (std::isnan(top)) {
+    while (!std::isnan(v[at])) ++at;
+    return {top, at};
+  }
+  const Vec wanted(top);
+  constexpr int kAllLanes = (1 << V) - 1;
+  for (; at + V <= n; at += V) {
+    const int differ = (Vec::loadu(v + at) == wanted).zero_mask();  // bit set: lane != top
+    if (differ != kAllLanes) return {top, at + __builtin_ctz(~differ & kAllLanes)};
+  }
+  while (v[at] != top) ++at;
+  return {top, at};
 }
 
 // w_m = mask_bm ? weight_bm : 0 (weight null -> 1) for one row; returns denom = sum_m w_m in

@@ -9,6 +9,7 @@ tested on the C++ ops directly, below the Python wrappers' own checks.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -110,6 +111,26 @@ def test_subset_ops_every_isa(isa, dtype):
     assert_close(scores, reference.subset_logits(z, subsets, weight, present), dtype)
     acc = subset_accuracy(zc, target, subsets, weight, present, backend="cpp")
     torch.testing.assert_close(acc, reference.subset_accuracy(z, target, subsets, weight, present))
+
+
+def test_subset_accuracy_argmax_every_isa(isa):
+    """The C++ argmax (a vector max, then the first vector holding it) against torch.argmax:
+    exact ties inside a vector, across vectors and across the 64-class chunks, NaN in a later
+    chunk, a row of -inf, the maximum in the tail of the last chunk."""
+    B, M, C = 40, 2, 150
+    z = torch.randint(-3, 4, (B, M, C), generator=torch.Generator().manual_seed(0)).float()
+    z[0] = -math.inf
+    z[1, 0, 149] = 100.0
+    z[2, 1, 100] = math.nan  # wrong for the subsets reading modality 1
+    z[3, 0, 5] = z[3, 0, 70] = math.nan
+    z[4, :, 63] = z[4, :, 64] = 50.0  # a tie across the chunk boundary: class 63
+    subsets = reference.all_subsets(M)
+    target = reference.subset_logits(z, subsets)[-1].nan_to_num(nan=0.0).argmax(-1)
+    target[::3] = torch.randint(0, C, (len(target[::3]),))
+    want = reference.subset_correct(z, target, subsets)
+    assert 0 < int(want.min()) and int(want.max()) < B  # hits and misses in every subset
+    got = subset_accuracy(z, target, subsets, backend="cpp") * B
+    assert torch.equal(got.round().long(), want)
 
 
 def _noise(x, p_drop, sigma, levels, seed, offset, fill=0.5):

@@ -189,25 +189,20 @@ at::Tensor subset_accuracy_cpu(const at::Tensor& z, const at::Tensor& target,
     parallel_rows(B, row_work(z, subsets), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> best(S);
       std::vector<int64_t> best_index(S), local_correct(S, 0);
-      std::vector<int> has_nan(S);
       for_each_subset_score<scalar_t>(
           "subset_accuracy", z, plan, weight, present, begin, end,
           [&](int64_t b, int64_t s, int64_t c0, int64_t n, const opmath_t* score) {
-            int64_t c = 0;
-            if (c0 == 0) best[s] = score[0], best_index[s] = 0, has_nan[s] = 0, c = 1;
-            int nan = 0;  // a row with a NaN score counts as wrong (BRIEF contract 3)
-            for (int64_t i = 0; i < n; ++i) nan |= score[i] != score[i];
-            has_nan[s] |= nan;
-            for (; c < n; ++c) {
-              if (beats_for_argmax(score[c], best[s])) best[s] = score[c], best_index[s] = c0 + c;
-            }
+            const auto [top, at] = first_argmax(score, n);
+            if (c0 == 0 || beats_for_argmax(top, best[s])) best[s] = top, best_index[s] = c0 + at;
             if (c0 + n == C) {
               const int64_t y = target_data[b];
               if (y < 0 || y >= C) {
                 value_error("subset_accuracy", "target",
                             c10::str("values in [0, ", C, ")").c_str(), y);
               }
-              local_correct[s] += !has_nan[s] && best_index[s] == y;
+              // A NaN score wins the argmax and keeps it: the row counts as wrong (BRIEF
+              // contract 3).
+              local_correct[s] += !std::isnan(best[s]) && best_index[s] == y;
             }
           });
       for (int64_t s = 0; s < S; ++s) correct[s] += local_correct[s];
