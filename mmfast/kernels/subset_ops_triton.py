@@ -370,16 +370,22 @@ def uses_codes_kernel(M: int, C: int) -> bool:
     return M <= CODE_MODALITIES and C <= CODES_MAX_CLASSES
 
 
+def _launch_codes(z, target, weight, present, partial) -> None:
+    """_accuracy_codes_kernel with one program per row of the (programs, CODES) table."""
+    B, M, C = z.shape
+    _accuracy_codes_kernel[(partial.shape[0],)](
+        z, target, weight, as_bytes(present), partial, B, C, rows_bucket(B), M=M,
+        HAS_WEIGHT=weight is not None, HAS_PRESENT=present is not None, ACC=opmath_tl(z.dtype),
+    )
+
+
 def _accuracy_by_codes(z, target, subsets, weight, present) -> torch.Tensor:
     """correct (S,) from per-code hits: (programs, CODES) int32 table, summed, then gathered
     at each subset's code (sum_m subsets_sm 2^m)."""
     B, M, C = z.shape
     programs = _max_programs(B, M, C, (_CODES_GPU_CONFIGS, _CODES_INTERPRETER_CONFIG), 1)
     partial = torch.empty((programs, CODES.value), dtype=torch.int32, device=z.device)
-    _accuracy_codes_kernel[(programs,)](
-        z, target, weight, as_bytes(present), partial, B, C, rows_bucket(B), M=M,
-        HAS_WEIGHT=weight is not None, HAS_PRESENT=present is not None, ACC=opmath_tl(z.dtype),
-    )
+    _launch_codes(z, target, weight, present, partial)
     bits = torch.arange(M, device=z.device)
     codes = (subsets.to(torch.int64) << bits).sum(dim=1)
     return partial.sum(dim=0, dtype=torch.int64)[codes]

@@ -239,6 +239,24 @@ def test_subset_accuracy_every_config_writes_the_whole_table():
     assert torch.equal(partial.sum(0, dtype=torch.int64), expected_correct(z, target, subsets))
 
 
+def test_subset_accuracy_codes_every_config_writes_the_whole_table():
+    """The codes kernel's (programs, 16) table likewise: zeros past this config's row blocks
+    and in the codes >= 2^M, the per-code hits elsewhere."""
+    device = kernel_device()
+    B, M, C = 10, 2, 5
+    z = torch.randn(B, M, C, device=device)
+    target = z.sum(1).argmax(1)
+    configs = (so._CODES_GPU_CONFIGS, so._CODES_INTERPRETER_CONFIG)
+    programs = so._max_programs(B, M, C, configs, 1) + 3
+    partial = torch.full((programs, so.CODES.value), 7, dtype=torch.int32, device=device)
+    so._launch_codes(z, target, None, None, partial)
+    assert torch.all(partial[-3:] == 0) and torch.all(partial[:, 1 << M:] == 0)
+    subsets = torch.tensor([[False, False], [True, False], [False, True], [True, True]],
+                           device=device)  # codes 0, 1, 2, 3
+    assert torch.equal(partial.sum(0, dtype=torch.int64)[: 1 << M],
+                       expected_correct(z, target, subsets))
+
+
 @triton.jit
 def _scores_offset_probe(out_ptr, s, B, C):
     tl.store(out_ptr, so.scores_offset(s, B, C))
@@ -275,7 +293,8 @@ def test_row_offsets_are_64_bit():
 
 def test_every_autotune_key_has_the_batch_bucket():
     for kernel in (mf._forward_kernel, mf._backward_kernel, cm._forward_kernel,
-                   cm._backward_kernel, so._logits_kernel, so._accuracy_kernel):
+                   cm._backward_kernel, so._logits_kernel, so._accuracy_kernel,
+                   so._accuracy_codes_kernel):
         assert "ROWS_BUCKET" in kernel.keys, kernel
     assert "NUMEL_BUCKET" in nd._noise_kernel.keys
     assert [_common.rows_bucket(n) for n in (0, 1, 3, 64, 65, 100000)] == [1, 1, 4, 64, 128,
