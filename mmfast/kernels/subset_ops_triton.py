@@ -214,21 +214,13 @@ _NEAR_TIE_ABS = tl.constexpr(1e-30)
 def _modality_term(z_ptr, weight_ptr, present_ptr, rows, row_ok, ks, m: tl.constexpr,
                    M: tl.constexpr, C, HAS_WEIGHT: tl.constexpr, HAS_PRESENT: tl.constexpr,
                    ACC: tl.constexpr):
-    """(w_m z_m (BLOCK_B, BLOCK_C), w_m, bad_m) of modality m: w = present ? weight : 0 and
-    z never read where absent (its term is exactly 0); bad_m = an invalid weight."""
-    offs = rows * M + m
-    present = row_ok
-    if HAS_PRESENT:
-        present = row_ok & (tl.load(present_ptr + offs, mask=row_ok, other=0) != 0)
-    w = present.to(ACC)
-    bad = tl.zeros([rows.shape[0]], tl.int1)
-    if HAS_WEIGHT:
-        weight = tl.load(weight_ptr + offs, mask=row_ok, other=0).to(ACC)
-        w = tl.where(present, weight, 0.0)
-        bad = row_ok & ~(is_finite(weight) & (weight >= 0))
+    """(w_m z_m (BLOCK_B, BLOCK_C), w_m, bad_m) of modality m: _fusion_weights over the
+    one-modality block [m, m + 1), and z never read where absent (its term is exactly 0)."""
+    present, w, bad = _fusion_weights(weight_ptr, present_ptr, rows, row_ok,
+                                      m + tl.arange(0, 1), M, HAS_WEIGHT, HAS_PRESENT, ACC)
     z = tl.load(z_ptr + (rows[:, None] * M + m) * C + ks[None, :],
-                mask=present[:, None] & (ks < C)[None, :], other=0).to(ACC)
-    return w[:, None] * z, w, bad
+                mask=present & (ks < C)[None, :], other=0).to(ACC)
+    return w * z, tl.sum(w, axis=1), bad
 
 
 @triton.jit
